@@ -1,0 +1,92 @@
+"""Validated configuration and the one registry of named components.
+
+Every component (extractor, matcher, ...) declares a `Conf` dataclass. `make_conf` merges
+user overrides into it with OmegaConf, so an unknown key or a value of the wrong type is an
+error that names the key, instead of being silently ignored (the failure mode of plain dict
+merging in hloc/LightGlue and of non-strict configs in glue-factory).
+
+The registry maps a public name to "module:Class" plus a preset of conf values. Modules are
+imported only when a name is built, so `import featloc` stays light (no torch import).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid."""
+
+
+def make_conf(schema: type[T], *overrides: Mapping[str, Any] | None) -> T:
+    """Instantiate the dataclass `schema` from its defaults and `overrides` (later wins).
+
+    Raises:
+        ConfigError: for unknown keys or values that do not fit the declared types.
+    """
+    merged = OmegaConf.structured(schema)
+    for override in overrides:
+        if override is None:
+            continue
+        if dataclasses.is_dataclass(override):
+            override = dataclasses.asdict(override)
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.create(dict(override)))
+        except OmegaConfBaseException as exc:
+            fields = ", ".join(f.name for f in dataclasses.fields(schema))
+            msg = str(exc).splitlines()[0]
+            raise ConfigError(f"{schema.__qualname__}: {msg} (valid keys: {fields})") from None
+    return OmegaConf.to_object(merged)
+
+
+def conf_to_dict(conf: Any) -> dict[str, Any]:
+    return dataclasses.asdict(conf)
+
+
+# name -> (import path "module:Class", preset conf). Later capabilities add their names here.
+_REGISTRY: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
+    "extractor": {
+        "sift": ("featloc.features.sift:SIFT", {}),
+        "rootsift": ("featloc.features.sift:SIFT", {"rootsift": True}),
+        "orb": ("featloc.features.orb:ORB", {}),
+    },
+    "matcher": {
+        "nn": ("featloc.matching.nn:NearestNeighborMatcher", {}),
+        "nn-ratio": ("featloc.matching.nn:NearestNeighborMatcher", {"ratio_thresh": 0.8}),
+    },
+}
+
+
+def register(kind: str, name: str, target: str, preset: Mapping[str, Any] | None = None):
+    """Add (or replace) a named component: `target` is "module:Class"."""
+    _REGISTRY.setdefault(kind, {})[name] = (target, dict(preset or {}))
+
+
+def available(kind: str) -> list[str]:
+    return sorted(_REGISTRY.get(kind, {}))
+
+
+def resolve(kind: str, name: str) -> tuple[type, dict[str, Any]]:
+    """The class and preset registered as `name`."""
+    table = _REGISTRY.get(kind)
+    if table is None:
+        raise ConfigError(f"unknown component kind {kind!r}")
+    if name not in table:
+        raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(sorted(table))}")
+    target, preset = table[name]
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls), dict(preset)
+
+
+def build(kind: str, name: str, **conf: Any):
+    """Instantiate the component registered as `name` with its preset and `conf` overrides."""
+    cls, preset = resolve(kind, name)
+    return cls(make_conf(cls.Conf, preset, conf))

@@ -1,0 +1,1 @@
+"""Local feature extractors. Build them by name with `featloc.load_extractor`."""

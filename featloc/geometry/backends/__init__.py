@@ -1,0 +1,1 @@
+"""Backends of the robust estimators; each exposes homography, fundamental, relative_pose."""

@@ -1,0 +1,1 @@
+"""Reading and writing images, pair lists and HDF5 feature/match files."""

@@ -1,0 +1,1 @@
+"""Matchers. Build them by name with `featloc.load_matcher`."""
