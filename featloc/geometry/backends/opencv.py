@@ -88,7 +88,7 @@ def relative_pose(p0, p1, conf, K0, K1):
     thresh = conf.threshold_px / f_mean
     eye = np.eye(3)
     if conf.method in _USAC:
-        E, mask = cv2.findEssentialMat(n0, n1, eye, None, eye, None, _usac_params(conf, thresh))
+        E, mask = cv2.findEssentialMat(n0, n1, eye, eye, None, None, _usac_params(conf, thresh))
     else:
         cv2.setRNGSeed(int(conf.seed))
         E, mask = cv2.findEssentialMat(
@@ -102,7 +102,9 @@ def relative_pose(p0, p1, conf, K0, K1):
     # findEssentialMat may stack several solutions (3k x 3): keep the one with the most
     # points in front of both cameras.
     for Ek in np.split(E, len(E) // 3):
-        count, R, t, cheir = cv2.recoverPose(Ek, n0, n1, eye, distanceThresh=1e9, mask=mask.astype(np.uint8).copy())
+        count, R, t, cheir, _ = cv2.recoverPose(
+            Ek, n0, n1, eye, distanceThresh=1e9, mask=mask.astype(np.uint8).copy()
+        )
         if best is None or count > best[0]:
             best = (count, R, t.ravel(), cheir.ravel() > 0, Ek)
     count, R, t, inliers, Ek = best

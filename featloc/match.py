@@ -1,0 +1,80 @@
+"""Step: match the features of every listed pair into an HDF5 match file."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+from .batch import BatchReport, digest
+from .config import build
+from .io.h5 import FeatureStore, MatchStore, conf_attrs
+from .io.pairs import read_pairs
+from .progress import track
+from .types import Features
+
+logger = logging.getLogger(__name__)
+
+
+class _FeatureCache:
+    """A small LRU over a feature file (pairs lists revisit the same images)."""
+
+    def __init__(self, store: FeatureStore, size: int = 64):
+        self.store, self.size, self.items = store, size, OrderedDict()
+
+    def get(self, name: str) -> Features:
+        if name in self.items:
+            self.items.move_to_end(name)
+            return self.items[name]
+        features = self.store.read(name)
+        self.items[name] = features
+        if len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return features
+
+
+def run_match(
+    features: str | Path,
+    pairs: str | Path | list[tuple[str, str]],
+    output: str | Path,
+    matcher: str = "nn",
+    conf: dict | None = None,
+    overwrite: bool = False,
+) -> BatchReport:
+    """Match every pair of `pairs` (a pairs file or a list) with features from `features`.
+
+    A pair already stored (in either order) with the same matcher configuration and the same
+    features is skipped unless `overwrite`. Pairs naming an image missing from the feature
+    file are reported and skipped.
+    """
+    model = build("matcher", matcher, **(conf or {}))
+    resolved = {"name": matcher, **dataclasses.asdict(model.conf)}
+    conf_digest = digest(resolved)
+    pair_list = read_pairs(pairs) if isinstance(pairs, str | Path) else list(pairs)
+    report = BatchReport(f"match {matcher}")
+    with FeatureStore(features, "r") as fstore, MatchStore(
+        output, "a", attrs=conf_attrs(resolved, features=str(features))
+    ) as mstore:
+        cache = _FeatureCache(fstore)
+        for name0, name1 in track(pair_list, desc=f"match {matcher}"):
+            missing = [n for n in (name0, name1) if n not in fstore]
+            if missing:
+                report.fail(f"{name0} {name1}", f"{features}: no features for {', '.join(missing)}")
+                continue
+            entry_digest = digest(
+                conf_digest,
+                fstore.entry_attrs(name0).get("digest"),
+                fstore.entry_attrs(name1).get("digest"),
+            )
+            found = mstore.find_pair(name0, name1)
+            if found and not overwrite and mstore.entry_attrs(found[0]).get("digest") == entry_digest:
+                report.skipped += 1
+                continue
+            if found and found[1]:
+                name0, name1 = name1, name0  # replace the stored orientation in place
+            matches = model.match(cache.get(name0), cache.get(name1))
+            mstore.write(name0, name1, matches, attrs={"digest": entry_digest})
+            report.done += 1
+    report.log_summary()
+    return report
