@@ -1,6 +1,51 @@
-"""Placeholder until implemented."""
+"""featloc benchmark speed: per-stage medians beside OpenCV SIFT in the same run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import common
 
 
 def add_parser(sub, formatter):
-    p = sub.add_parser("speed", help="(not implemented yet)", formatter_class=formatter)
-    p.set_defaults(func=lambda args: 1)
+    p = sub.add_parser(
+        "speed",
+        help="time extraction, matching and estimation beside a baseline",
+        description="Time feature extraction (per image), matching and homography estimation "
+        "(per pair) on a generated image pair (or --images A B), with the baseline measured in "
+        "the same run; reports medians and the ratio to the baseline.",
+        formatter_class=formatter,
+    )
+    p.add_argument("--features", nargs="+", default=["sift"], help="extractors to time")
+    p.add_argument("--baseline", default="sift", help="baseline extractor timed in the same run")
+    common.add_matcher_args(p)
+    p.add_argument("--size", default="640x480", help="WxH of the generated pair")
+    p.add_argument("--images", nargs=2, type=Path, metavar=("IMG0", "IMG1"),
+                   help="time on these two images instead of a generated pair")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per stage")
+    p.add_argument("--max-keypoints", type=int, default=2048, help="keypoint budget per image")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--output", type=Path, default=None, help="folder for speed.json and speed.md")
+    common.add_ransac_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..eval.speed import run_speed_benchmark, speed_table
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    images = None
+    if args.images:
+        from ..io.images import read_image
+
+        images = tuple(read_image(p) for p in args.images)
+    result = run_speed_benchmark(
+        args.features, args.matcher, args.baseline, width, height, args.repeats,
+        args.max_keypoints, common.ransac_conf(args), args.output, images,
+    )
+    print(speed_table(result))
+    return 0

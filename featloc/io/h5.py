@@ -265,16 +265,18 @@ class FeatureStore(_AtomicH5):
         keypoints = np.asarray(g["keypoints"], np.float32).reshape(-1, 2)
         desc = np.asarray(g["descriptors"], np.float32)
         n = len(keypoints)
-        if desc.ndim == 2 and desc.shape[1] == n and desc.shape[0] != n:
-            desc = desc.T  # hloc layout [D, N]
-        elif desc.ndim == 2 and desc.shape[0] == n and desc.shape[1] == n:
-            desc = desc.T  # square: the file layout is always [D, N]
+        if desc.ndim != 2:
+            raise ValueError(f"{self.path}: descriptors of {name!r} have shape {desc.shape}")
+        if desc.shape[1] == n:
+            desc = desc.T  # the file layout is hloc's [D, N]
+        elif desc.shape[0] != n:
+            raise ValueError(f"{self.path}: {desc.shape} descriptors for {n} keypoints in {name!r}")
         scores = g.get("scores", g.get("keypoint_scores", np.ones(n, np.float32)))
         image_size = tuple(int(v) for v in np.asarray(g["image_size"]).reshape(-1)[:2])
         return Features(
             keypoints,
             np.asarray(scores, np.float32),
-            desc.reshape(n, -1),
+            desc,
             image_size,
             g.get("scales"),
             g.get("oris"),

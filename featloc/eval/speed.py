@@ -1,0 +1,143 @@
+"""Speed benchmark: per-stage wall-clock medians of our pipeline beside a baseline measured
+in the same run (timings on a shared machine are only comparable within one run)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..config import build
+from ..geometry import estimate_homography
+from ..geometry.homography import warp_points
+from ..synth.textures import random_scene_image
+
+logger = logging.getLogger(__name__)
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[float, object]:
+    """Median wall-clock seconds of `fn()` over `repeats` calls (after `warmup` calls)."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def make_pair(width: int = 640, height: int = 480, seed: int = 0):
+    """A generated image and a homography-warped view of it, with H_0to1."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    image0 = random_scene_image(rng, height, width)
+    corners = np.array([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]], np.float32)
+    moved = (corners + rng.uniform(-0.08, 0.08, (4, 2)) * [width, height]).astype(np.float32)
+    H = cv2.getPerspectiveTransform(corners, moved)
+    image1 = cv2.warpPerspective(image0, H, (width, height), flags=cv2.INTER_LINEAR)
+    return image0, image1, H
+
+
+def run_speed_benchmark(
+    features: list[str],
+    matcher: str = "nn",
+    baseline: str = "sift",
+    width: int = 640,
+    height: int = 480,
+    repeats: int = 20,
+    max_num_keypoints: int = 2048,
+    ransac: dict | None = None,
+    output: str | Path | None = None,
+    images: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict:
+    """Time extraction (per image), matching and homography estimation (per pair) for each
+    extractor in `features` and the baseline, all in this one run.
+
+    Returns a dict with, per extractor: median seconds of `extract`, `match`, `estimate`,
+    and `pair` (both extractions + match + estimate, timed end to end), the keypoint and
+    inlier counts, and `extract_ratio_to_baseline`.
+    """
+    import torch
+
+    if images is None:
+        image0, image1, _ = make_pair(width, height)
+    else:
+        image0, image1 = images
+    names = list(dict.fromkeys([baseline, *features]))
+    model = build("matcher", matcher)
+    rows = {}
+    for name in names:
+        extractor = build("extractor", name, max_num_keypoints=max_num_keypoints)
+        t_extract, f0 = median_time(lambda e=extractor: e.extract(image0), repeats)
+        f1 = extractor.extract(image1)
+        t_match, matches = median_time(lambda: model.match(f0, f1), repeats)
+        p0, p1 = matches.matched_points(f0, f1)
+        t_est, estimate = median_time(lambda: estimate_homography(p0, p1, ransac), repeats)
+
+        def pair(e=extractor):
+            a, b = e.extract(image0), e.extract(image1)
+            m = model.match(a, b)
+            return estimate_homography(*m.matched_points(a, b), ransac)
+
+        t_pair, _ = median_time(pair, max(5, repeats // 2))
+        rows[name] = {
+            "extract_s": t_extract,
+            "match_s": t_match,
+            "estimate_s": t_est,
+            "pair_s": t_pair,
+            "num_keypoints": [len(f0), len(f1)],
+            "num_matches": len(matches),
+            "num_inliers": estimate.num_inliers,
+        }
+        logger.info("%s: extract %.1f ms, match %.1f ms, estimate %.1f ms, pair %.1f ms",
+                    name, 1e3 * t_extract, 1e3 * t_match, 1e3 * t_est, 1e3 * t_pair)
+    base = rows[baseline]["extract_s"]
+    for row in rows.values():
+        row["extract_ratio_to_baseline"] = row["extract_s"] / base
+    result = {
+        "image_size": [int(image0.shape[1]), int(image0.shape[0])],
+        "repeats": repeats,
+        "matcher": matcher,
+        "baseline": baseline,
+        "max_num_keypoints": max_num_keypoints,
+        "machine": {
+            "cpu_count": __import__("os").cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+        },
+        "results": rows,
+    }
+    if output is not None:
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "speed.json").write_text(json.dumps(result, indent=2))
+        (output / "speed.md").write_text(speed_table(result))
+    return result
+
+
+def speed_table(result: dict) -> str:
+    w, h = result["image_size"]
+    lines = [
+        f"Median wall-clock time, {w}x{h}, {result['repeats']} runs, matcher "
+        f"`{result['matcher']}`, up to {result['max_num_keypoints']} keypoints",
+        "",
+        "| features | extract (ms/image) | vs " + result["baseline"] + " | match (ms) | "
+        "homography (ms) | whole pair (ms) | keypoints | matches | inliers |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["results"].items():
+        lines.append(
+            f"| {name} | {1e3 * r['extract_s']:.1f} | {r['extract_ratio_to_baseline']:.2f}x | "
+            f"{1e3 * r['match_s']:.1f} | {1e3 * r['estimate_s']:.1f} | {1e3 * r['pair_s']:.1f} | "
+            f"{r['num_keypoints'][0]} | {r['num_matches']} | {r['num_inliers']} |"
+        )
+    return "\n".join(lines) + "\n"
