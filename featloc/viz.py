@@ -23,7 +23,7 @@ def draw_matches(
     keypoints0: np.ndarray | None = None,
     keypoints1: np.ndarray | None = None,
     text: list[str] | None = None,
-    max_lines: int = 2000,
+    max_lines: int = 300,
 ) -> np.ndarray:
     """Side-by-side RGB picture of two images with match lines.
 
@@ -31,7 +31,8 @@ def draw_matches(
         points0, points1: [K, 2] matched pixels (x, y) in each image.
         inliers: optional [K] bool; inliers are drawn green, outliers red.
         keypoints0/1: optional all keypoints, drawn as small grey dots.
-        text: lines written in the top-left corner.
+        text: lines written in a header band above the images.
+        max_lines: draw at most this many matches (a random subset) to keep it readable.
     """
     image0, image1 = to_rgb(image0), to_rgb(image1)
     h0, w0 = image0.shape[:2]
@@ -59,10 +60,12 @@ def draw_matches(
                  color, 1, cv2.LINE_AA)
         cv2.circle(canvas, (int(round(p[0])), int(round(p[1]))), 2, color, -1, cv2.LINE_AA)
         cv2.circle(canvas, (int(round(q[0])), int(round(q[1]))), 2, color, -1, cv2.LINE_AA)
-    for k, line in enumerate(text or []):
-        org = (8, 20 + 20 * k)
-        cv2.putText(canvas, line, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(canvas, line, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    if text:
+        header = np.full((12 + 22 * len(text), canvas.shape[1], 3), 255, np.uint8)
+        for k, line in enumerate(text):
+            cv2.putText(header, line, (8, 24 + 22 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0),
+                        1, cv2.LINE_AA)
+        canvas = np.concatenate([header, canvas])
     return canvas
 
 
