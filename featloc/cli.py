@@ -22,6 +22,9 @@ COMMANDS = [
     "make_hpatches",
     "benchmark",
     "demo",
+    "export_onnx",
+    "teach",
+    "train",
 ]
 
 

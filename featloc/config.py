@@ -57,10 +57,13 @@ _REGISTRY: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "sift": ("featloc.features.sift:SIFT", {}),
         "rootsift": ("featloc.features.sift:SIFT", {"rootsift": True}),
         "orb": ("featloc.features.orb:ORB", {}),
+        "samfeat": ("featloc.features.samfeat:SAMFeat", {"arch": "vgg"}),
+        "samfeat-lite": ("featloc.features.samfeat:SAMFeat", {"arch": "lite"}),
     },
     "matcher": {
         "nn": ("featloc.matching.nn:NearestNeighborMatcher", {}),
         "nn-ratio": ("featloc.matching.nn:NearestNeighborMatcher", {"ratio_thresh": 0.8}),
+        "nn-dot": ("featloc.matching.nn:NearestNeighborMatcher", {"metric": "dot"}),
     },
 }
 

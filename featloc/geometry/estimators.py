@@ -33,6 +33,9 @@ class RansacConf:
     min_iterations: int = 100  # PoseLib only
     seed: int = 0  # random generator seed
     refine: bool = True  # non-linear refinement on the inliers (PoseLib bundle; OpenCV LO)
+    # Relative pose with the OpenCV backend only: polish (R, t) on the RANSAC inliers with
+    # PoseLib's non-linear refinement (Sampson error, Cauchy loss at threshold_px).
+    poselib_refine: bool = False
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -111,7 +114,21 @@ def estimate_relative_pose(
     decompositions. `info["E"]` holds the essential matrix.
     """
     K0, K1 = np.asarray(K0, np.float64), np.asarray(K1, np.float64)
-    return _run("relative_pose", points0, points1, ransac_conf(conf), K0=K0, K1=K1)
+    conf = ransac_conf(conf)
+    est = _run("relative_pose", points0, points1, conf, K0=K0, K1=K1)
+    if est.success and conf.poselib_refine and conf.backend == "opencv":
+        from .backends import poselib as refiner
+
+        p0 = np.asarray(points0, np.float64).reshape(-1, 2)[est.inliers]
+        p1 = np.asarray(points1, np.float64).reshape(-1, 2)[est.inliers]
+        try:
+            pose, info = refiner.refine_relative_pose(p0, p1, est.model, K0, K1, conf)
+        except Exception as exc:  # keep the RANSAC estimate if the refinement fails
+            logger.debug("PoseLib refinement failed: %s", exc)
+        else:
+            est = TwoViewEstimate(True, pose, est.inliers,
+                                  {**est.info, "E": essential_from_pose(pose), **info})
+    return est
 
 
 def estimate_essential(

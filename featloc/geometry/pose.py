@@ -113,3 +113,14 @@ class Pose:
     def center(self) -> np.ndarray:
         """For a cam_from_world pose: the camera centre in world coordinates."""
         return -self.R.T @ self.t
+
+
+def relative_pose(cam0_from_world: Pose, cam1_from_world: Pose) -> Pose:
+    """T_0to1 (camera-0 coordinates to camera-1 coordinates) from two absolute poses."""
+    return cam1_from_world @ cam0_from_world.inv()
+
+
+def rotation_angle_deg(R: np.ndarray) -> float:
+    """Angle (degrees) of a [3, 3] rotation."""
+    cos = (np.trace(np.asarray(R, np.float64)) - 1) / 2
+    return float(np.rad2deg(np.arccos(np.clip(cos, -1.0, 1.0))))

@@ -48,9 +48,9 @@ class SynthConf:
     min_crop_px: int = 64  # sources whose crop would be smaller than this are rejected
     # Viewpoint geometry at full strength (image 6); image k uses strength (k - 1) / 5, with a
     # random magnitude in [0.5, 1] x strength so that the sequence gets harder on average.
-    max_rotation_deg: float = 25.0  # in-plane rotation
-    max_scale: float = 1.5  # zoom in or out by up to this factor
-    max_perspective: float = 0.3  # projective coefficient, coordinates normalised by half-size
+    max_rotation_deg: float = 30.0  # in-plane rotation
+    max_scale: float = 1.8  # zoom in or out by up to this factor
+    max_perspective: float = 0.45  # projective coefficient, coordinates normalised by half-size
     max_translation: float = 0.1  # shift, as a fraction of the crop size
     min_valid_fraction: float = 0.7  # of image k that must come from inside the source
     min_overlap_fraction: float = 0.4  # of image k that must show image 1's area

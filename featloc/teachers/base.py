@@ -43,17 +43,23 @@ class TeacherTargets:
         if self.groups is not None:
             g = self.groups
             if g.dtype != np.int32 or g.shape != (height, width):
-                raise ValueError(f"groups must be int32 {(height, width)}, got {g.dtype} {g.shape}")
+                raise ValueError(
+                    f"groups must be int32 {(height, width)}, got {g.dtype} {g.shape}"
+                )
             if g.size and g.min() < 0:
                 raise ValueError("groups must be >= 0 (0 = no group)")
         if self.edges is not None:
             e = self.edges
             if e.dtype != np.float32 or e.shape != (height, width):
-                raise ValueError(f"edges must be float32 {(height, width)}, got {e.dtype} {e.shape}")
+                raise ValueError(
+                    f"edges must be float32 {(height, width)}, got {e.dtype} {e.shape}"
+                )
         if self.embedding is not None:
             m = self.embedding
             if m.dtype not in (np.float16, np.float32) or m.ndim != 3:
-                raise ValueError(f"embedding must be float16/float32 [C,h,w], got {m.dtype} {m.shape}")
+                raise ValueError(
+                    f"embedding must be float16/float32 [C,h,w], got {m.dtype} {m.shape}"
+                )
 
 
 @dataclass(frozen=True)

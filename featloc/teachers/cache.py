@@ -44,7 +44,9 @@ def cache_paths(root: str | Path, name: str) -> CachePaths:
     """The cache files of image `name` ('/'-separated, relative; its extension is dropped)."""
     rel = PurePosixPath(name)
     if rel.is_absolute() or ".." in rel.parts or not rel.name:
-        raise ValueError(f"image name must be a relative path inside the image folder: {name!r}")
+        raise ValueError(
+            f"image name must be a relative path inside the image folder: {name!r}"
+        )
     root = Path(root)
     return CachePaths(
         segments=root / "segments" / rel.with_suffix(".png"),
@@ -90,19 +92,29 @@ def write_targets(root: str | Path, name: str, targets: TeacherTargets) -> list[
         top = int(targets.groups.max()) if targets.groups.size else 0
         if top > MAX_GROUP_ID:
             raise ValueError(f"{name}: group id {top} does not fit a 16-bit label PNG")
-        _write_atomic(paths.segments, _png_bytes(targets.groups.astype(np.uint16), paths.segments))
+        _write_atomic(
+            paths.segments, _png_bytes(targets.groups.astype(np.uint16), paths.segments)
+        )
         written.append(paths.segments)
     return written
 
 
 def _expected_files(paths: CachePaths, provides: frozenset[str]) -> list[Path]:
-    keys = {"groups": paths.segments, "edges": paths.edges, "embedding": paths.embedding}
+    keys = {
+        "groups": paths.segments,
+        "edges": paths.edges,
+        "embedding": paths.embedding,
+    }
     return [keys[k] for k in sorted(provides)]
 
 
 def teacher_record(kind: str, teacher: Teacher) -> dict:
     """The settings that determine a cache's content (runtime-only keys left out)."""
-    conf = {k: v for k, v in dataclasses.asdict(teacher.conf).items() if k not in teacher.runtime_keys}
+    conf = {
+        k: v
+        for k, v in dataclasses.asdict(teacher.conf).items()
+        if k not in teacher.runtime_keys
+    }
     return {"teacher": kind, "provides": sorted(teacher.provides), "conf": conf}
 
 
@@ -143,7 +155,9 @@ def run_teach(
     report = BatchReport(f"teach {teacher}")
     for name in track(names, desc=f"teach {teacher}"):
         paths = cache_paths(output, name)
-        if not overwrite and all(p.exists() for p in _expected_files(paths, model.provides)):
+        if not overwrite and all(
+            p.exists() for p in _expected_files(paths, model.provides)
+        ):
             report.skipped += 1
             continue
         try:

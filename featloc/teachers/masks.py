@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class MasksConf:
     root: str = ""  # cache folder holding segments/, edges/ and optionally embeddings/
-    embedding: bool = True  # also read embeddings/<stem>.npy when the cache has embeddings/
+    # also read embeddings/<stem>.npy when the cache has an embeddings/ folder
+    embedding: bool = True
 
 
 class MasksTeacher(Teacher):
@@ -54,20 +55,28 @@ class MasksTeacher(Teacher):
         paths = cache_paths(self.root, name)
         segments = _read_map(paths.segments, name)
         if segments.dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"{paths.segments}: expected an 8- or 16-bit label PNG, got {segments.dtype}")
+            raise ValueError(
+                f"{paths.segments}: expected an 8- or 16-bit label PNG, got {segments.dtype}"
+            )
         if segments.shape != (h, w):
-            logger.debug("%s: resizing %s to the image size %dx%d", name, paths.segments, w, h)
+            logger.debug(
+                "%s: resizing %s to the image size %dx%d", name, paths.segments, w, h
+            )
             segments = cv2.resize(segments, (w, h), interpolation=cv2.INTER_NEAREST)
         edges = _read_map(paths.edges, name)
         if edges.dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"{paths.edges}: expected an 8- or 16-bit PNG, got {edges.dtype}")
+            raise ValueError(
+                f"{paths.edges}: expected an 8- or 16-bit PNG, got {edges.dtype}"
+            )
         edges = edges.astype(np.float32) / float(np.iinfo(edges.dtype).max)
         if edges.shape != (h, w):
             edges = cv2.resize(edges, (w, h), interpolation=cv2.INTER_LINEAR)
         embedding = None
         if "embedding" in self.provides:
             if not paths.embedding.exists():
-                raise FileNotFoundError(f"{name}: teacher embedding {paths.embedding} not found")
+                raise FileNotFoundError(
+                    f"{name}: teacher embedding {paths.embedding} not found"
+                )
             embedding = np.load(paths.embedding)
             if embedding.ndim != 3 or embedding.dtype not in (np.float16, np.float32):
                 raise ValueError(
@@ -88,5 +97,7 @@ def _read_map(path: Path, name: str) -> np.ndarray:
     if array is None:
         raise ValueError(f"{path}: cannot decode the teacher map")
     if array.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel map, got shape {array.shape}")
+        raise ValueError(
+            f"{path}: expected a single-channel map, got shape {array.shape}"
+        )
     return array

@@ -75,3 +75,19 @@ def relative_pose(p0, p1, conf, K0, K1):
 
     return Pose(R, t), inliers, {"E": essential_from_pose(Pose(R, t)),
                                  "iterations": info.get("iterations")}
+
+
+def refine_relative_pose(p0, p1, pose: Pose, K0, K1, conf):
+    """Non-linear refinement of T_0to1 on inlier pixel correspondences (PoseLib bundle:
+    Sampson error with a Cauchy loss whose scale is the RANSAC threshold in pixels)."""
+    import poselib
+
+    initial = poselib.CameraPose()
+    initial.R, initial.t = pose.R, pose.t
+    bundle = {"loss_type": "CAUCHY", "loss_scale": float(conf.threshold_px)}
+    refined, info = poselib.refine_relative_pose(p0, p1, initial, _camera(K0), _camera(K1), bundle)
+    R, t = np.asarray(refined.R), np.asarray(refined.t)
+    norm = np.linalg.norm(t)
+    if not (np.isfinite(R).all() and np.isfinite(t).all() and norm > 0):
+        raise ValueError("PoseLib refinement returned an invalid pose")
+    return Pose(R, t / norm), {"refined": True, "refine_iterations": info.get("iterations")}

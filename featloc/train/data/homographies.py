@@ -93,7 +93,9 @@ def sample_patch(conf: HomographyConf, rng: np.random.Generator) -> np.ndarray:
         if conf.allow_artifacts:
             t_min = t_min + conf.translation_overflow
             t_max = t_max + conf.translation_overflow
-        quad = quad + np.array([rng.uniform(-t_min[0], t_max[0]), rng.uniform(-t_min[1], t_max[1])])
+        # a patch larger than the image inverts the interval: shift within it either way
+        lo, hi = np.minimum(-t_min, t_max), np.maximum(-t_min, t_max)
+        quad = quad + np.array([rng.uniform(lo[0], hi[0]), rng.uniform(lo[1], hi[1])])
     if conf.rotation:
         max_angle = np.deg2rad(conf.max_angle_deg)
         angles = np.concatenate([rng.uniform(-max_angle, max_angle, conf.n_angles), [0.0]])

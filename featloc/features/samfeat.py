@@ -1,0 +1,318 @@
+"""SAMFeat learned local features (methods.md 1.13) with torch or ONNX Runtime inference.
+
+Registered as `samfeat` (the published VGG network) and `samfeat-lite` (the CPU-oriented
+network of `featloc.models.samfeat`). Weights are the project's own: the shipped files
+`featloc/weights/samfeat.pt` / `samfeat-lite.pt`, or any file given as `weights=PATH`.
+
+The published matching is mutual nearest neighbours on the dot product of the weighted
+descriptors `f = w * d` (norm = attention weight): use the matcher preset `nn-dot` with the
+default `descriptor_output="weighted"`; `descriptor_output="unit"` gives L2-normalised
+descriptors for the L2 matchers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..io.images import resize_image, to_gray, to_rgb, to_uint8
+from ..types import Features
+from .base import Extractor, ExtractorConf
+
+logger = logging.getLogger(__name__)
+
+# Shipped weights file (in featloc/weights/) of each architecture.
+WEIGHT_NAMES = {"vgg": "samfeat", "lite": "samfeat-lite"}
+# Defaults that depend on the architecture (conf value None). vgg: the published inference.
+# lite: the threshold only drops clear non-keypoints; the keypoint budget (top-k) does the
+# selection. Under the weighted BCE (positive weight 200), p = 0.5 already means the model
+# puts a pseudo-label at that pixel with probability ~0.5%, and a model trained for a few CPU
+# hours is less confident than the published one, so 0.9 would starve the budget. lite skips
+# the edge term (a train/test mismatch of the official code) and refines positions to
+# sub-pixel accuracy (homography accuracy at 1 px depends on it, TRAINING.md).
+ARCH_DEFAULTS = {
+    "vgg": {"detection_threshold": 0.9, "add_edge_to_logits": True, "subpixel": False},
+    "lite": {"detection_threshold": 0.5, "add_edge_to_logits": False, "subpixel": True},
+}
+BACKENDS = ("torch", "onnx")
+PRECISIONS = ("float32", "bfloat16")
+DESCRIPTOR_OUTPUTS = ("weighted", "unit")
+ONNX_OPSET = 17
+
+
+@dataclass(frozen=True)
+class SAMFeatConf(ExtractorConf):
+    grayscale: bool = False  # SAMFeat takes RGB (a gray image is replicated to 3 channels)
+    arch: str = "vgg"  # "vgg" (published network) or "lite" (CPU-oriented)
+    weights: str = ""  # weights file; "": the shipped featloc/weights/<samfeat|samfeat-lite>.pt
+    # keep pixels with sigmoid(logit) >= this; None: 0.9 for vgg (published), 0.5 for lite
+    detection_threshold: float | None = None
+    nms_radius: int = 4  # NMS window (2r+1)^2 (published r = 4)
+    border_px: int = 4  # drop keypoints closer to the border (published 4 px)
+    # add the upsampled edge probability to the logits (official inference, methods 1.13);
+    # None: True for vgg, False for lite
+    add_edge_to_logits: bool | None = None
+    subpixel: bool | None = None  # soft-argmax refinement; None: False for vgg, True for lite
+    subpixel_radius: int = 2  # refinement window (2r+1)^2 on the logits
+    backend: str = "torch"  # "torch" or "onnx" (ONNX Runtime, CPU)
+    device: str = "cpu"  # torch device ("cpu", "cuda", "cuda:1"); onnx runs on cpu
+    # torch backend: "float32" or "bfloat16" (autocast; fast on CPUs with native bfloat16)
+    precision: str = "float32"
+    # "weighted": f = w * d (published; match with "nn-dot"); "unit": L2-normalised d
+    descriptor_output: str = "weighted"
+    batch_size: int = 4  # images per forward pass in extract_batch (same size only)
+    onnx_cache_dir: str = ""  # exported graphs; "": $FEATLOC_CACHE_DIR or ~/.cache/featloc
+
+
+def shipped_weights(arch: str) -> Path:
+    """Path of the weights file shipped in the package for `arch` (it may not exist)."""
+    name = f"{WEIGHT_NAMES[arch]}.pt"
+    return Path(str(resources.files("featloc").joinpath("weights", name)))
+
+
+def _missing_weights_message(arch: str, path: Path) -> str:
+    name = WEIGHT_NAMES[arch]
+    return (
+        f"SAMFeat weights not found: {path} ({name} has no trained weights shipped yet; "
+        f"random weights are never used as if trained). Train them with "
+        f"`featloc train --config configs/train/{name}.yaml` and pass weights=PATH, or place "
+        f"the exported file at {path}."
+    )
+
+
+def round_to_multiple(side: int, multiple: int = 16) -> int:
+    """`side` rounded to the nearest multiple (numpy rounding, at least one multiple)."""
+    return max(multiple, int(np.round(side / multiple)) * multiple)
+
+
+def cache_dir(conf_dir: str = "") -> Path:
+    if conf_dir:
+        return Path(conf_dir)
+    if os.environ.get("FEATLOC_CACHE_DIR"):
+        return Path(os.environ["FEATLOC_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "featloc"
+
+
+def _num_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class SAMFeat(Extractor):
+    """SAMFeat keypoints and 128-d descriptors (methods.md 1.13).
+
+    Inference: resize each side to a multiple of 16 (rounding), run the network, threshold
+    sigmoid(S) (plus the edge map for vgg), NMS, border removal, top-k, optional sub-pixel
+    refinement, bilinear descriptor sampling; keypoints are mapped back to original pixels
+    with the pixel-centre convention.
+
+    Args:
+        conf: `SAMFeatConf`.
+        net: an already-built network (e.g. random-init in tests); overrides `conf.weights`.
+    """
+
+    Conf = SAMFeatConf
+    descriptor_dim = 128
+
+    def __init__(self, conf: SAMFeatConf | None = None, net=None):
+        conf = conf if conf is not None else self.Conf()
+        self._validate(conf)
+        defaults = ARCH_DEFAULTS[conf.arch]
+        resolved = {k: v for k, v in defaults.items() if getattr(conf, k) is None}
+        super().__init__(dataclasses.replace(conf, **resolved))
+
+        import torch
+
+        from ..models.samfeat import SAMFeatNetConf, fuse_batchnorm, load_samfeat_net
+
+        self._torch = torch
+        self._weights_path: Path | None = None
+        if net is None:
+            path = Path(conf.weights) if conf.weights else shipped_weights(conf.arch)
+            if not path.is_file():
+                if conf.weights:
+                    raise FileNotFoundError(f"SAMFeat weights not found: {path}")
+                raise FileNotFoundError(_missing_weights_message(conf.arch, path))
+            net = load_samfeat_net(path, SAMFeatNetConf(arch=conf.arch))
+            self._weights_path = path
+        if net.conf.arch != conf.arch:
+            raise ValueError(f"the network is {net.conf.arch!r} but arch={conf.arch!r}")
+        self.descriptor_dim = net.conf.descriptor_dim
+        self.net = fuse_batchnorm(net.eval())
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self._device = torch.device(conf.device)
+        self._session = None
+        if conf.backend == "onnx":
+            self._session = self._onnx_session()
+        else:
+            self.net.to(self._device)
+            if self._device.type == "cpu":
+                # oneDNN convolutions are much faster in channels-last layout (2-20x in bf16).
+                self.net.to(memory_format=torch.channels_last)
+
+    @staticmethod
+    def _validate(conf: SAMFeatConf) -> None:
+        checks = [
+            ("arch", conf.arch, tuple(WEIGHT_NAMES)),
+            ("backend", conf.backend, BACKENDS),
+            ("precision", conf.precision, PRECISIONS),
+            ("descriptor_output", conf.descriptor_output, DESCRIPTOR_OUTPUTS),
+        ]
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"SAMFeat: {name} must be one of {allowed}, got {value!r}")
+        if conf.backend == "onnx" and conf.device != "cpu":
+            raise ValueError("SAMFeat: backend='onnx' runs on the CPU; use backend='torch' for "
+                             f"device={conf.device!r}")
+        if conf.backend == "onnx" and conf.precision != "float32":
+            raise ValueError("SAMFeat: backend='onnx' runs in float32; bfloat16 is a torch "
+                             "autocast option")
+        if conf.batch_size < 1:
+            raise ValueError(f"SAMFeat: batch_size must be >= 1, got {conf.batch_size}")
+
+    # ---------------------------------------------------------------------------------------
+    # ONNX Runtime backend
+
+    def _onnx_session(self):
+        import onnxruntime as ort
+
+        from ..models.export import export_onnx_bytes
+
+        if self._weights_path is not None:
+            path = self._cached_onnx_path()
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_bytes(export_onnx_bytes(self.net, ONNX_OPSET))
+                os.replace(tmp, path)  # atomic: concurrent processes never read half a file
+                logger.info("exported %s to %s", self._weights_path, path)
+            model = str(path)
+        else:  # an in-memory network (tests): export on the fly, nothing written to disk
+            model = export_onnx_bytes(self.net, ONNX_OPSET)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _num_cores()
+        # Without this the ORT threads spin after each run and slow down the torch
+        # post-processing that follows (measured: 5x slower NMS on 2 cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    def _cached_onnx_path(self) -> Path:
+        import json
+
+        import onnxruntime as ort
+
+        digest = hashlib.sha256(self._weights_path.read_bytes())
+        meta = {"net": dataclasses.asdict(self.net.conf), "opset": ONNX_OPSET,
+                "torch": self._torch.__version__, "ort": ort.__version__}
+        digest.update(json.dumps(meta, sort_keys=True).encode())
+        stem = self._weights_path.stem
+        return cache_dir(self.conf.onnx_cache_dir) / "onnx" / f"{stem}-{digest.hexdigest()[:16]}.onnx"
+
+    # ---------------------------------------------------------------------------------------
+    # Inference
+
+    def extract(self, image: np.ndarray) -> Features:
+        """Features of a numpy image: (H, W) or (H, W, 3|4), uint8/uint16/float in [0, 1]."""
+        return self.extract_batch([image])[0]
+
+    def extract_batch(self, images: list[np.ndarray]) -> list[Features]:
+        """Features of several images; images of the same network input size share a pass."""
+        prepared = [self._prepare(image) for image in images]
+        results: list[Features | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (array, _, _) in enumerate(prepared):
+            groups.setdefault(array.shape[:2], []).append(i)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.conf.batch_size):
+                chunk = indices[start:start + self.conf.batch_size]
+                batch = np.stack([prepared[i][0] for i in chunk])
+                for i, features in zip(chunk, self._run(batch, [prepared[i][1:] for i in chunk])):
+                    results[i] = features
+        return results
+
+    def _prepare(self, image: np.ndarray):
+        """uint8 RGB at the network size, total scale (sx, sy) = net / original, (w, h)."""
+        image = to_uint8(image)
+        h, w = image.shape[:2]
+        image = to_rgb(to_gray(image)) if self.conf.grayscale else to_rgb(image)
+        resized, (sx, sy) = resize_image(image, self.conf.resize_max or None)
+        rh, rw = resized.shape[:2]
+        nh, nw = round_to_multiple(rh), round_to_multiple(rw)
+        if (nh, nw) != (rh, rw):
+            interp = cv2.INTER_AREA if nh * nw < rh * rw else cv2.INTER_LINEAR
+            resized = cv2.resize(resized, (nw, nh), interpolation=interp)
+            sx, sy = sx * nw / rw, sy * nh / rh
+        return np.ascontiguousarray(resized), (sx, sy), (w, h)
+
+    def _forward(self, batch: np.ndarray) -> dict:
+        """uint8 [B, H, W, 3] -> network outputs as float32 torch tensors (CPU or device)."""
+        torch = self._torch
+        from ..models.samfeat import OUTPUT_KEYS
+
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().mul_(2.0 / 255).sub_(1.0)
+        if self._session is not None:
+            values = self._session.run(list(OUTPUT_KEYS), {"image": x.contiguous().numpy()})
+            return {k: torch.from_numpy(v) for k, v in zip(OUTPUT_KEYS, values)}
+        x = x.to(self._device)
+        if self._device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        bf16 = self.conf.precision == "bfloat16"
+        with torch.inference_mode(), torch.autocast(self._device.type, torch.bfloat16,
+                                                    enabled=bf16):
+            out = self.net(x)
+        return {k: v.float().contiguous() for k, v in out.items()}
+
+    def _run(self, batch: np.ndarray, infos) -> list[Features]:
+        torch = self._torch
+        import torch.nn.functional as F
+
+        from ..models.samfeat import detect_keypoints, logit, sample_descriptors
+
+        conf = self.conf
+        h, w = batch.shape[1:3]
+        with torch.inference_mode():
+            out = self._forward(batch)
+            scores = out["logits"][:, 0]
+            if conf.add_edge_to_logits:
+                edge = F.interpolate(out["edge"], size=(h, w), mode="bilinear",
+                                     align_corners=False)
+                scores = scores + edge[:, 0]
+            detections = detect_keypoints(
+                scores,
+                logit(conf.detection_threshold),
+                conf.nms_radius,
+                conf.border_px,
+                conf.max_num_keypoints,
+                subpixel_radius=conf.subpixel_radius if conf.subpixel else 0,
+            )
+            results = []
+            for i, ((keypoints, kp_logits), (scale, size)) in enumerate(zip(detections, infos)):
+                desc, weights = sample_descriptors(
+                    out["desc_map"][i:i + 1], out["weight_map"][i:i + 1], keypoints[None], (h, w)
+                )
+                desc = desc[0]
+                if conf.descriptor_output == "weighted":
+                    desc = desc * weights[0, :, None]
+                xy = keypoints.cpu().numpy()
+                # network pixels -> original pixels (pixel centres at integers)
+                xy = (xy + 0.5) / np.asarray(scale, np.float32) - 0.5
+                results.append(Features(
+                    xy.astype(np.float32),
+                    torch.sigmoid(kp_logits).cpu().numpy(),
+                    desc.cpu().numpy().astype(np.float32),
+                    size,
+                ))
+        return results

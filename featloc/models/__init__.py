@@ -1,0 +1,11 @@
+"""PyTorch networks of the project's learned models (no pretrained weights are downloaded).
+
+- `samfeat`: SAMFeat networks (the published VGG architecture and a CPU-oriented `lite`
+  variant with the same outputs), plus the pure functions shared by training and inference:
+  descriptor sampling, keypoint detection (NMS, border removal, top-k, sub-pixel refinement).
+- `export`: ONNX export of a network (dynamic image size), used by the `onnx` backend of the
+  extractors and by `featloc export-onnx`.
+
+Models are inference-complete and imported by `featloc.train`; extractors in
+`featloc.features` wrap them into the `Extractor` interface.
+"""

@@ -1,0 +1,100 @@
+"""ONNX export of the project's networks (dynamic batch and image size).
+
+The exported graph has one input `image` [B, 3, H, W] (float32 in [-1, 1], H and W multiples
+of 16) and the network's outputs under their dict keys (for SAMFeat: `logits`, `desc_map`,
+`weight_map`, `distill`, `edge`). Post-processing (NMS, sampling) is not in the graph: the
+`onnx` backend of the extractors runs the same torch code on the ONNX outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# Traced with a non-square size so that no axis is specialised to the other's length.
+_TRACE_HW = (64, 96)
+
+
+class _TupleOutputs(nn.Module):
+    """Wrap a dict-returning network so that the graph outputs follow a fixed key order."""
+
+    def __init__(self, net: nn.Module, keys: tuple[str, ...]):
+        super().__init__()
+        self.net, self.keys = net, keys
+
+    def forward(self, image):
+        out = self.net(image)
+        return tuple(out[k] for k in self.keys)
+
+
+def _output_keys(net: nn.Module) -> tuple[str, ...]:
+    with torch.inference_mode():
+        out = net(torch.zeros(1, 3, *_TRACE_HW))
+    if not isinstance(out, dict):
+        raise TypeError(f"expected a network returning a dict, got {type(out).__name__}")
+    return tuple(out)
+
+
+def export_onnx_bytes(net: nn.Module, opset: int = 17) -> bytes:
+    """The ONNX graph of `net` (float32, CPU, eval mode) as bytes."""
+    net = copy.deepcopy(net).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    keys = _output_keys(net)
+    dynamic = {"image": {0: "batch", 2: "height", 3: "width"}}
+    dynamic.update({k: {0: "batch", 2: f"{k}_height", 3: f"{k}_width"} for k in keys})
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter warns about traced shape arithmetic and its own
+        # deprecation; the export is checked against torch by the tests.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _TupleOutputs(net, keys),
+            (torch.zeros(1, 3, *_TRACE_HW),),
+            buffer,
+            input_names=["image"],
+            output_names=list(keys),
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def export_onnx(extractor_name_or_net, output_path: str | Path, opset: int = 17,
+                weights: str | None = None) -> Path:
+    """Export a network to an ONNX file with dynamic batch, height and width.
+
+    Args:
+        extractor_name_or_net: a registered extractor name (e.g. "samfeat-lite", loaded with
+            `weights` or its shipped weights), an extractor with a `.net`, or an `nn.Module`
+            returning a dict of tensors.
+        output_path: the .onnx file to write (folders are created).
+        opset: ONNX opset version.
+        weights: weights file for an extractor name ("" or None: the shipped file).
+    Returns:
+        the written path.
+    """
+    target = extractor_name_or_net
+    if isinstance(target, str):
+        from ..config import build
+
+        conf = {"weights": weights} if weights else {}
+        target = build("extractor", target, **conf)
+    elif weights:
+        raise ValueError("weights= only applies to an extractor name")
+    net = getattr(target, "net", target)
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"{type(target).__name__} has no network to export")
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    output_path.write_bytes(export_onnx_bytes(net, opset))
+    logger.info("wrote %s", output_path)
+    return output_path

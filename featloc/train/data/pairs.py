@@ -1,0 +1,197 @@
+"""Homographic training pairs over any image folders (methods 1.9, 1.12.2, 1.12.3).
+
+Each item: a random square crop of a cached image (side drawn from [crop_min, crop_max] cached
+pixels, resized to `image_size`) is view 0; view 1 is the same source seen through a random
+homography H_0to1 (or an identity copy with probability `identity_prob`), both photometrically
+augmented independently. Both views are warps of the cached source image, by M0 (crop + resize)
+and M1 = H_0to1 @ M0, so view 1 shows real image content wherever the source has it.
+
+Item keys (tensors; S = image_size, N = grid^2):
+    image0/1 [3, S, S] uint8 RGB (4x less to move between processes; the task scales them to
+        [-1, 1] on the device, methods 1.2);  H_0to1 [3, 3] float32
+    points0/1 [N, 2] float32 (x, y) pixels: one random integer point per grid cell of view 0, and
+        its warp by H_0to1;  valid [N] float32: the warped point lies inside view 1
+    not_search [N, N] bool: NS_ij = |p1_i - p1_j| <= not_search_px or j invalid (includes i = j)
+    heatmap0/1 [S, S] float32: 1 at the rounded pseudo-keypoints (homographic adaptation labels
+        of the source, warped);  valid_mask0/1 [S, S] float32: the view pixel has a source pixel
+    teacher targets, warped with M0 / M1 (zero flags when the teacher gives none):
+        point_groups0/1 [N] int64 group id at each point (-1: none/invalid);
+        groups_small0/1 [S/8, S/8] int64 (nearest);  edge0/1 [S/4, S/4] float32 in [0, 1]
+        (nearest warp, then area downsampling);  embedding0/1 [C, S/8, S/8] float32 (bilinear;
+        C = 0 without embedding);  has_groups0/1, has_edges0/1, has_embedding0/1 float32.
+
+Randomness: each item seeds its own generators from (seed, epoch, index), so items do not depend
+on worker processes or on what was loaded before (exact resume).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ...geometry.homography import warp_points
+from ..labels import LabelConf, LabelStore
+from .augment import PhotometricConf, photometric
+from .cache import ImageCache
+from .homographies import HomographyConf, crop_resize_matrix, sample_homography, scale_matrix
+from .targets import TeacherStore, bilinear_sample
+
+
+@dataclass(frozen=True)
+class PairsConf:
+    image_dirs: list[str] = field(default_factory=list)  # training image folders (recursive)
+    cache_dir: str = "outputs/cache"  # decoded images, pseudo-labels, teacher targets
+    cache_max_side: int = 640  # images are downsized once so the longer side is <= this
+    image_size: int = 256  # side of the network input (multiple of 16)
+    crop_min: int = 200  # crop side range in cached pixels (clipped to the image's short side)
+    crop_max: int = 320
+    repeat: int = 1  # items per image and epoch
+    grid: int = 20  # sampling points: one random point per cell of a grid x grid layout
+    not_search_px: float = 16.0  # NS radius in view 1 (methods 1.9)
+    identity_prob: float = 0.0  # chance that view 1 is an identity copy (official: 0.5)
+    group0_is_group: bool = False  # treat teacher group id 0 ("no mask") as a group (official)
+    homography: HomographyConf = field(default_factory=HomographyConf)
+    photometric: PhotometricConf = field(default_factory=PhotometricConf)
+    labels: LabelConf = field(default_factory=LabelConf)
+    teacher: dict[str, Any] | None = None  # conf for featloc.teachers.build_teacher; None: none
+    posed_scenes: list[str] = field(default_factory=list)  # posed pairs (not implemented)
+
+    def __post_init__(self):
+        if self.image_size % 16:
+            raise ValueError(f"data.image_size must be a multiple of 16, got {self.image_size}")
+        if not 0 < self.crop_min <= self.crop_max:
+            raise ValueError("need 0 < data.crop_min <= data.crop_max")
+
+
+def _warp(src: np.ndarray, M: np.ndarray, size: int, interp: int, border=0) -> np.ndarray:
+    return cv2.warpPerspective(src, M, (size, size), flags=interp,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=border)
+
+
+def grid_points(size: int, grid: int, rng: np.random.Generator) -> np.ndarray:
+    """One uniformly random integer pixel per cell of a grid x grid layout -> [grid^2, 2]."""
+    edges = np.floor(np.linspace(0, size, grid + 1)).astype(np.int64)
+    lo, hi = edges[:-1], np.maximum(edges[1:], edges[:-1] + 1)
+    xs = rng.integers(np.tile(lo, grid), np.tile(hi, grid))
+    ys = rng.integers(np.repeat(lo, grid), np.repeat(hi, grid))
+    return np.stack([xs, ys], 1).astype(np.float32)
+
+
+def not_search_matrix(points1: np.ndarray, valid: np.ndarray, radius: float) -> np.ndarray:
+    p = np.where(np.isfinite(points1), points1, 1e9).astype(np.float64)
+    dist = np.linalg.norm(p[:, None] - p[None], axis=-1)
+    return (dist <= radius) | ~valid[None, :]
+
+
+class HomographyPairs(Dataset):
+    def __init__(self, conf: PairsConf, images: ImageCache, labels: LabelStore | None,
+                 teacher: TeacherStore | None, seed: int):
+        if conf.posed_scenes:
+            raise NotImplementedError(
+                "data.posed_scenes (posed pairs from depth + COLMAP scenes) is not implemented "
+                "yet; use homographic pairs only (data.posed_scenes: [])")
+        self.conf, self.images, self.labels, self.teacher = conf, images, labels, teacher
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.images) * self.conf.repeat
+
+    def __getitem__(self, item) -> dict[str, torch.Tensor]:
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        rng_crop, rng_h, rng_grid, rng_p0, rng_p1 = (
+            np.random.default_rng(s)
+            for s in np.random.SeedSequence([self.seed, epoch, index]).spawn(5))
+        conf, S = self.conf, self.conf.image_size
+        i = index % len(self.images)
+        src = self.images.image(i)
+        h, w = src.shape[:2]
+        short = min(h, w)
+        crop = rng_crop.uniform(min(conf.crop_min, short), min(conf.crop_max, short))
+        x0, y0 = rng_crop.uniform(0, w - crop), rng_crop.uniform(0, h - crop)
+        M0 = crop_resize_matrix(x0, y0, crop, S)
+        if rng_h.random() < conf.identity_prob:
+            H = np.eye(3)
+        else:
+            H = sample_homography((S, S), conf.homography, rng_h)
+        Ms = (M0, H @ M0)
+
+        points0 = grid_points(S, conf.grid, rng_grid)
+        points1 = warp_points(points0, H).astype(np.float32)
+        valid = np.isfinite(points1).all(1) & np.all((points1 >= 0) & (points1 <= S - 1), 1)
+        out = {
+            "H_0to1": torch.from_numpy(H.astype(np.float32)),
+            "points0": torch.from_numpy(points0),
+            "points1": torch.from_numpy(np.nan_to_num(points1, nan=-1e4, posinf=1e4, neginf=-1e4)),
+            "valid": torch.from_numpy(valid.astype(np.float32)),
+            "not_search": torch.from_numpy(not_search_matrix(points1, valid, conf.not_search_px)),
+        }
+        label_points = self.labels.load(self.images.keys[i])[:, :2] if self.labels else None
+        targets = self.teacher.load(self.images.keys[i]) if self.teacher else {}
+        ones = np.ones((h, w), np.uint8)
+        for v, (M, rng_p, pts) in enumerate(zip(Ms, (rng_p0, rng_p1), (points0, points1))):
+            view = photometric(_warp(src, M, S, cv2.INTER_LINEAR), conf.photometric, rng_p)
+            out[f"image{v}"] = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1)))
+            mask = _warp(ones, M, S, cv2.INTER_NEAREST)
+            out[f"valid_mask{v}"] = torch.from_numpy(mask.astype(np.float32))
+            heat = np.zeros((S, S), np.float32)
+            if label_points is not None and len(label_points):
+                kp = np.round(warp_points(label_points, M))
+                ok = np.isfinite(kp).all(1) & np.all((kp >= 0) & (kp <= S - 1), 1)
+                kp = kp[ok].astype(np.int64)
+                heat[kp[:, 1], kp[:, 0]] = 1.0
+                heat *= mask
+            out[f"heatmap{v}"] = torch.from_numpy(heat)
+            out.update(self._teacher_view(targets, M, pts, v, (h, w)))
+        return out
+
+    def _teacher_view(self, targets: dict, M: np.ndarray, points: np.ndarray, v: int,
+                      src_hw: tuple[int, int]) -> dict:
+        S, n = self.conf.image_size, len(points)
+        out = {}
+        groups = targets.get("groups")
+        point_groups = np.full(n, -1, np.int64)
+        small = np.full((S // 8, S // 8), -1, np.int64)
+        if groups is not None:
+            full = _warp(groups, M, S, cv2.INTER_NEAREST, border=-1).astype(np.int64)
+            small = _warp(groups, scale_matrix(8) @ M, S // 8, cv2.INTER_NEAREST, border=-1)
+            small = small.astype(np.int64)
+            if not self.conf.group0_is_group:
+                full[full == 0] = -1
+                small[small == 0] = -1
+            p = np.round(np.nan_to_num(points, nan=-1)).astype(np.int64)
+            inside = np.all((p >= 0) & (p <= S - 1), 1)
+            point_groups[inside] = full[p[inside, 1], p[inside, 0]]
+        out[f"point_groups{v}"] = torch.from_numpy(point_groups)
+        out[f"groups_small{v}"] = torch.from_numpy(small)
+        out[f"has_groups{v}"] = torch.tensor(float(groups is not None))
+        edges = targets.get("edges")
+        edge = np.zeros((S // 4, S // 4), np.float32)
+        if edges is not None:
+            full = _warp(edges, M, S, cv2.INTER_NEAREST)
+            edge = cv2.resize(full, (S // 4, S // 4), interpolation=cv2.INTER_AREA)
+        out[f"edge{v}"] = torch.from_numpy(edge)
+        out[f"has_edges{v}"] = torch.tensor(float(edges is not None))
+        emb = targets.get("embedding")
+        if emb is not None:
+            out[f"embedding{v}"] = torch.from_numpy(self._warp_embedding(emb, M, src_hw))
+        else:
+            dim = self.teacher.embedding_dim if self.teacher is not None else 0
+            out[f"embedding{v}"] = torch.zeros(dim, S // 8, S // 8)
+        out[f"has_embedding{v}"] = torch.tensor(float(emb is not None))
+        return out
+
+    def _warp_embedding(self, emb: np.ndarray, M: np.ndarray, src_hw: tuple[int, int]
+                        ) -> np.ndarray:
+        """Bilinear samples of the source embedding at the centres of the view's 8x8 cells."""
+        s8 = self.conf.image_size // 8
+        jj, ii = np.meshgrid(np.arange(s8), np.arange(s8))
+        cells = np.stack([jj.ravel(), ii.ravel()], 1) * 8.0 + 3.5  # cell centres, view pixels
+        src = warp_points(cells, np.linalg.inv(M))
+        (h, w), (eh, ew) = src_hw, emb.shape[1:]
+        xy = (src + 0.5) * [ew / w, eh / h] - 0.5
+        return bilinear_sample(emb, xy).reshape(-1, s8, s8)

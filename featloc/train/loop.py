@@ -1,0 +1,174 @@
+"""One optimization step (autocast, float32 losses, gradient clipping, NaN/inf skip) and the
+run's logging (CSV + TensorBoard)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from . import dist
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("train.device=cuda but no CUDA device is available")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16/fp16 autocast for the forward pass; fp32: no autocast."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A loss scaler, enabled only for fp16 on CUDA (bf16 needs none)."""
+    enabled = precision == "fp16" and device.type == "cuda"
+    if precision == "fp16" and device.type != "cuda":
+        logger.warning("fp16 autocast on CPU is slow and unscaled; prefer precision=bf16")
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
+def to_device(batch, device: torch.device):
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    finite = torch.isfinite(value.detach()).all().float().cpu()
+    if dist.is_distributed():  # every rank must take the same branch, or backward hangs
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite.item() > 0)
+
+
+def train_step(model, batch, task, conf, optimizer, scaler, device, step: int) -> dict:
+    """Forward, backward and update on one batch. Returns the metrics (floats); a non-finite
+    loss or gradient skips the update with a warning and returns {"skipped": 1}."""
+    model.train()
+    batch = to_device(batch, device)
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, conf.train.precision):
+        loss, metrics = task.compute_loss(model, batch, conf)
+    loss = loss.float()
+    if not _all_finite(loss):
+        logger.warning("step %d: non-finite loss (%s); update skipped", step, metrics)
+        return {"skipped": 1.0}
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    params = [p for p in model.parameters() if p.grad is not None]
+    clip = conf.train.grad_clip if conf.train.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip) if params else torch.zeros(())
+    if not scaler.is_enabled() and not torch.isfinite(grad_norm):
+        logger.warning("step %d: non-finite gradient norm; update skipped", step)
+        optimizer.zero_grad(set_to_none=True)
+        return {"skipped": 1.0}
+    scaler.step(optimizer)
+    scaler.update()
+    return {"loss": float(loss.item()), "grad_norm": float(grad_norm.item()), "skipped": 0.0,
+            **metrics}
+
+
+class Meter:
+    """Running means of scalar metrics between two log rows."""
+
+    def __init__(self):
+        self.sums, self.counts = defaultdict(float), defaultdict(int)
+
+    def update(self, metrics: dict) -> None:
+        for k, v in metrics.items():
+            self.sums[k] += float(v)
+            self.counts[k] += 1
+
+    def pop(self) -> dict:
+        out = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        self.sums.clear()
+        self.counts.clear()
+        return out
+
+
+class CsvLog:
+    """Append rows to a CSV file; the header grows when new keys appear. On resume, rows past
+    the resumed step are dropped, so a resumed run's log reads like an uninterrupted one."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = Path(path)
+        self.fields: list[str] = []
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.fields = list(reader.fieldnames or [])
+                rows = list(reader)
+            if resume_step is not None:
+                rows = [r for r in rows if int(float(r["step"])) <= resume_step]
+            self._rewrite(rows)
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def write(self, row: dict) -> None:
+        new = [k for k in row if k not in self.fields]
+        if new or not self.path.exists():
+            rows = []
+            if self.path.exists():
+                with open(self.path, newline="") as f:
+                    rows = list(csv.DictReader(f))
+            self.fields += new
+            self._rewrite(rows)
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.fields).writerow(row)
+
+
+class RunLog:
+    """CSV (`metrics.csv`, `val.csv`) and TensorBoard logs of rank 0; no-ops elsewhere."""
+
+    def __init__(self, directory: Path, tensorboard: bool, resume_step: int | None):
+        self.enabled = dist.is_main()
+        self.tb = None
+        if not self.enabled:
+            return
+        self.csv = {name: CsvLog(directory / f"{name}.csv", resume_step)
+                    for name in ("metrics", "val")}
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = None if resume_step is None else resume_step + 1
+            self.tb = SummaryWriter(str(directory / "tensorboard"), purge_step=purge)
+
+    def log(self, kind: str, step: int, values: dict) -> None:
+        if not self.enabled or not values:
+            return
+        self.csv[kind].write({"step": step, **values})
+        if self.tb is not None:
+            prefix = "train" if kind == "metrics" else "val"
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

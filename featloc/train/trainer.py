@@ -1,0 +1,199 @@
+"""The one trainer of featloc: `train(config, overrides)` for every task (see `tasks/`).
+
+Single process by default; DistributedDataParallel when launched by torchrun (CPU: gloo, CUDA:
+nccl), with only rank 0 logging, validating, checkpointing and exporting. A run lives in
+`train.output_dir`: `config.yaml`, `ckpt_<step>.pt`, `metrics.csv`, `val.csv`, `tensorboard/`
+and the exported weights. `resume=True` continues exactly from the newest checkpoint (same
+parameters as an uninterrupted run); Ctrl-C / SIGTERM saves a checkpoint before exiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import checkpoint, dist
+from .conf import load_config, to_dict, to_yaml
+from .data.sampler import EpochSampler
+from .loop import Meter, RunLog, make_scaler, resolve_device, train_step
+from .optim import build_optimizer, build_scheduler
+from .tasks import get_task
+
+logger = logging.getLogger(__name__)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _worker_init(_):
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def _loader(dataset, conf, epoch: int, start_batch: int) -> DataLoader:
+    sampler = EpochSampler(len(dataset), conf.train.batch_size, conf.train.seed, epoch,
+                           start_batch, dist.rank(), dist.world_size())
+    return DataLoader(dataset, batch_size=conf.train.batch_size, sampler=sampler,
+                      num_workers=conf.train.num_workers, drop_last=True,
+                      worker_init_fn=_worker_init if conf.train.num_workers else None,
+                      pin_memory=torch.cuda.is_available())
+
+
+def train(config_path: str | Path | None, overrides: list[str] | None = None,
+          resume: bool = False, export_only: bool = False) -> Path:
+    """Train (or resume, or only export) the run described by the config; returns the output
+    folder."""
+    conf = load_config(config_path, overrides)
+    task = get_task(conf.task)
+    out = Path(conf.train.output_dir)
+    device = resolve_device(conf.train.device)
+    if conf.train.threads > 0:
+        torch.set_num_threads(conf.train.threads)
+    dist.init(device.type)
+    _seed_everything(conf.train.seed)
+    model = task.build_model(conf).to(device)
+    state = checkpoint.load_latest(out, map_location=device) if (resume or export_only) else None
+    if (resume or export_only) and state is None:
+        raise FileNotFoundError(f"no checkpoint to resume from in {out}")
+    if not (resume or export_only) and checkpoint.checkpoints(out):
+        raise FileExistsError(f"{out} already holds checkpoints: pass --resume to continue the "
+                              "run, or choose another train.output_dir")
+    ckpt = state[0] if state else None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        _warn_config_changes(ckpt["config"], to_dict(conf))
+        logger.info("resuming from %s (step %d)", state[1], ckpt["step"])
+    if export_only:
+        return _export(task, model, conf, out, ckpt["step"], ckpt.get("commit", "unknown"))
+
+    with dist.main_first():
+        dataset = task.build_datasets(conf)["train"]
+    per_epoch = EpochSampler.batches_per_epoch(len(dataset), conf.train.batch_size,
+                                               dist.world_size())
+    if per_epoch == 0:
+        raise ValueError(f"{len(dataset)} training items are fewer than one batch of "
+                         f"{conf.train.batch_size} x {dist.world_size()} processes")
+    total = conf.train.steps or conf.train.epochs * per_epoch
+    optimizer = build_optimizer(model, conf.optim)
+    scheduler = build_scheduler(optimizer, conf.optim, total, per_epoch)
+    scaler = make_scaler(device, conf.train.precision)
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        rngs = ckpt["rng"]
+        checkpoint.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world_size() else rngs[0])
+    if dist.is_distributed():
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
+    commit = checkpoint.git_commit()
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(conf))
+    log = RunLog(out, conf.train.tensorboard, step if ckpt is not None else None)
+
+    def save() -> None:
+        rngs = dist.all_gather_object(checkpoint.rng_state())
+        if dist.is_main():
+            checkpoint.save(out, {
+                "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": rngs,
+                "config": to_dict(conf), "commit": commit, "task": conf.task,
+                "world_size": dist.world_size()}, conf.train.keep_last_k)
+
+    meter, bar, saved_step = Meter(), _progress(total, step), step
+    tic = time.perf_counter()
+    try:
+        while step < total:
+            for batch in _loader(dataset, conf, epoch, batch_in_epoch):
+                metrics = train_step(model, batch, task, conf, optimizer, scaler, device, step)
+                scheduler.step()
+                step, batch_in_epoch = step + 1, batch_in_epoch + 1
+                meter.update(metrics)
+                bar.update(1)
+                if step % conf.train.log_interval == 0 or step == total:
+                    row = meter.pop()
+                    row.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"],
+                               sec_per_step=(time.perf_counter() - tic) / conf.train.log_interval)
+                    tic = time.perf_counter()
+                    log.log("metrics", step, row)
+                    bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}")
+                if conf.train.val_interval and step % conf.train.val_interval == 0:
+                    _validate(task, model, conf, log, step)
+                if step % conf.train.ckpt_interval == 0 or step == total:
+                    save()
+                    saved_step = step
+                if step >= total:
+                    break
+            else:
+                epoch, batch_in_epoch = epoch + 1, 0
+    except KeyboardInterrupt:
+        if step != saved_step:
+            logger.warning("interrupted at step %d: saving a checkpoint", step)
+            save()
+        raise
+    finally:
+        bar.close()
+    if not conf.train.val_interval or total % conf.train.val_interval:
+        _validate(task, model, conf, log, step)
+    log.close()
+    if dist.is_main():
+        _export(task, _unwrap(model), conf, out, step, commit)
+    dist.barrier()
+    return out
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _progress(total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    from .. import progress
+
+    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True,
+                disable=not (progress._ENABLED and dist.is_main()))
+
+
+def _validate(task, model, conf, log: RunLog, step: int) -> None:
+    if hasattr(task, "validate") and dist.is_main():
+        values = task.validate(_unwrap(model), conf)
+        if values:
+            log.log("val", step, values)
+            logger.info("step %d validation: %s", step,
+                        ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    dist.barrier()
+
+
+def _export(task, model, conf, out: Path, step: int, commit: str) -> Path:
+    if hasattr(task, "export"):
+        path = task.export(model, conf, out / f"{conf.task}.pt",
+                           {"step": step, "commit": commit, "config": to_dict(conf)})
+        logger.info("exported inference weights to %s", path)
+    return out
+
+
+def _warn_config_changes(old: dict, new: dict, prefix: str = "") -> None:
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            _warn_config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            logger.warning("config changed since the checkpoint: %s%s: %r -> %r",
+                           prefix, key, a, b)
