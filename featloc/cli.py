@@ -20,6 +20,7 @@ COMMANDS = [
     "match",
     "show",
     "make_hpatches",
+    "make_scenes",
     "benchmark",
     "demo",
     "export_onnx",

@@ -12,5 +12,9 @@ def set_enabled(enabled: bool) -> None:
     _ENABLED = enabled
 
 
+def is_enabled() -> bool:
+    return _ENABLED
+
+
 def track(iterable, desc: str = "", total: int | None = None, **kwargs):
     return tqdm(iterable, desc=desc, total=total, disable=not _ENABLED, leave=False, **kwargs)

@@ -82,11 +82,12 @@ def main():
         name0 = seq + "/" + image_file(folder, 1)
         kp0, desc0 = read_features(h5, name0)
         for k in range(2, 7):
-            if image_file(folder, k) is None or not os.path.isfile(os.path.join(folder, "H_1_%d" % k)):
+            h_file = os.path.join(folder, f"H_1_{k}")
+            if image_file(folder, k) is None or not os.path.isfile(h_file):
                 continue  # the benchmark skips incomplete pairs too
             name1 = seq + "/" + image_file(folder, k)
             kp1, desc1 = read_features(h5, name1)
-            H = np.loadtxt(os.path.join(folder, "H_1_%d" % k))
+            H = np.loadtxt(h_file)
             prec = np.zeros(len(THRESHOLDS))
             if len(kp0) and len(kp1):
                 m = mutual_nn(desc0, desc1)
@@ -104,13 +105,13 @@ def main():
     h5.close()
 
     n = len(precisions["all"])
-    print("pairs: %d (i: %d, v: %d); compared per pair with results.json: %d"
-          % (n, len(precisions["i"]), len(precisions["v"]), compared))
+    print(f"pairs: {n} (i: {len(precisions['i'])}, v: {len(precisions['v'])}); "
+          f"compared per pair with results.json: {compared}")
     if compared != n or n != summary["num_pairs"]["all"]:
-        print("error: pair counts differ (benchmark: %d)" % summary["num_pairs"]["all"])
+        print(f"error: pair counts differ (benchmark: {summary['num_pairs']['all']})")
         return 1
     worst = 0.0
-    print("t_px  " + "  ".join("MMA_%s(ours/bench)" % s for s in ("i", "v", "all"))
+    print("t_px  " + "  ".join(f"MMA_{s}(ours/bench)" for s in ("i", "v", "all"))
           + "  max|diff| MMA  max|diff| per pair")
     for j, t in enumerate(THRESHOLDS):
         cells, diff = [], 0.0
@@ -118,11 +119,11 @@ def main():
             ours = float(np.mean([p[j] for p in precisions[split]])) if precisions[split] else 0.0
             bench = summary["mma"][split][j]
             diff = max(diff, abs(ours - bench))
-            cells.append("%.4f/%.4f" % (ours, bench))
+            cells.append(f"{ours:.4f}/{bench:.4f}")
         worst = max(worst, diff)
-        print("%4d  %s  %.5f  %.5f" % (t, "  ".join(cells), diff, pair_diff[j]))
-    print("max |difference| of MMA over thresholds and splits: %.5f (tolerance %.3f)"
-          % (worst, args.tolerance))
+        print(f"{t:4d}  {'  '.join(cells)}  {diff:.1e}  {pair_diff[j]:.1e}")
+    print(f"max |difference| of MMA over thresholds and splits: {worst:.2e} "
+          f"(tolerance {args.tolerance})")
     return 1 if worst > args.tolerance else 0
 
 

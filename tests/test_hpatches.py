@@ -206,6 +206,21 @@ def test_high_res_sequences_excluded_by_default(hpatches_dir, tmp_path):
     assert len(list_pairs(hpatches_dir)) == 10
 
 
+def test_list_pairs_accepts_other_image_formats(hpatches_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(hpatches_dir, data)
+    seq = next(p for p in data.iterdir() if p.name.startswith("v_"))
+    for k, ext in zip(range(1, 7), (".png", ".jpg", ".png", ".png", ".ppm", ".png"), strict=True):
+        if ext != ".ppm":
+            write_image(seq / f"{k}{ext}", read_image(seq / f"{k}.ppm"))
+            (seq / f"{k}.ppm").unlink()
+    pairs = [p for p in list_pairs(data) if p.sequence == seq.name]
+    assert [(p.name0, p.name1) for p in pairs[:2]] == [
+        (f"{seq.name}/1.png", f"{seq.name}/2.jpg"), (f"{seq.name}/1.png", f"{seq.name}/3.png")
+    ]
+    np.testing.assert_allclose(pairs[0].H, np.loadtxt(seq / "H_1_2"))
+
+
 # -- benchmark end to end ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def benchmark_run(hpatches_dir, tmp_path_factory):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ["homography", "speed"]
+BENCHMARKS = ["homography", "pose", "speed"]
 
 
 def add_parser(sub, formatter):

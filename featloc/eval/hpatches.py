@@ -34,7 +34,7 @@ import numpy as np
 from ..batch import digest
 from ..config import build
 from ..extract import run_extract
-from ..geometry.estimators import estimate_homography, ransac_conf
+from ..geometry.estimators import RansacConf, estimate_homography, ransac_conf
 from ..geometry.homography import homography_corner_error, warp_points
 from ..geometry.metrics import error_auc
 from ..io.h5 import FeatureStore, MatchStore
@@ -155,7 +155,7 @@ def homography_accuracy(errors: Sequence[float], thresholds: Sequence[float]) ->
 
 def evaluate_pair(
     points0: np.ndarray, points1: np.ndarray, H_gt: np.ndarray, image_size0: tuple[int, int],
-    ransac,
+    ransac: RansacConf | dict | None = None,
 ) -> dict:
     """Metrics of one pair from its matched points ([K, 2] each, image 0 -> image 1).
 
@@ -173,7 +173,16 @@ def evaluate_pair(
 
 
 def summarize(records: list[dict]) -> dict:
-    """Aggregate per-pair records into MMA, homography accuracy/AUC and counts, per split."""
+    """Aggregate per-pair records into MMA, homography accuracy/AUC and counts, per split.
+
+    Args:
+        records: per pair: sequence, split ("i", "v" or ""), name0, name1, num_keypoints0/1,
+            num_matches, precision [len(MMA_THRESHOLDS_PX)], H_error_px (None = failure).
+    Returns:
+        num_pairs, num_sequences, mma [10], H_accuracy [3], H_auc [3], H_failures, each a
+        dict over SPLITS ("i", "v", "all"); num_keypoints (mean per image) and num_matches
+        (mean per pair).
+    """
     out: dict = {"num_pairs": {}, "num_sequences": {}, "mma": {}, "H_accuracy": {},
                  "H_auc": {}, "H_failures": {}}
     for split in SPLITS:

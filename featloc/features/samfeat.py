@@ -12,6 +12,7 @@ descriptors for the L2 matchers.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -146,6 +147,8 @@ class SAMFeat(Extractor):
                 raise FileNotFoundError(_missing_weights_message(conf.arch, path))
             net = load_samfeat_net(path, SAMFeatNetConf(arch=conf.arch))
             self._weights_path = path
+        else:
+            net = copy.deepcopy(net)  # fusing BatchNorm and the layout change are in place
         if net.conf.arch != conf.arch:
             raise ValueError(f"the network is {net.conf.arch!r} but arch={conf.arch!r}")
         self.descriptor_dim = net.conf.descriptor_dim
@@ -258,22 +261,27 @@ class SAMFeat(Extractor):
         return np.ascontiguousarray(resized), (sx, sy), (w, h)
 
     def _forward(self, batch: np.ndarray) -> dict:
-        """uint8 [B, H, W, 3] -> network outputs as float32 torch tensors (CPU or device)."""
+        """uint8 [B, H, W, 3] -> network outputs (torch tensors, CPU or device).
+
+        Only what the post-processing reads is converted: float32 logits (and edge map);
+        the descriptor and weight maps keep the network's dtype and layout, since sampling
+        touches only N points of them.
+        """
         torch = self._torch
         from ..models.samfeat import OUTPUT_KEYS
 
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().mul_(2.0 / 255).sub_(1.0)
+        # [B, H, W, 3] permuted to [B, 3, H, W] is already channels-last in memory.
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2)
         if self._session is not None:
-            values = self._session.run(list(OUTPUT_KEYS), {"image": x.contiguous().numpy()})
+            x = x.float().mul_(2.0 / 255).sub_(1.0).contiguous().numpy()
+            values = self._session.run(list(OUTPUT_KEYS), {"image": x})
             return {k: torch.from_numpy(v) for k, v in zip(OUTPUT_KEYS, values)}
-        x = x.to(self._device)
-        if self._device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(self._device).float().mul_(2.0 / 255).sub_(1.0)
+        if self._device.type != "cpu":
+            x = x.contiguous()
         bf16 = self.conf.precision == "bfloat16"
-        with torch.inference_mode(), torch.autocast(self._device.type, torch.bfloat16,
-                                                    enabled=bf16):
-            out = self.net(x)
-        return {k: v.float().contiguous() for k, v in out.items()}
+        with torch.autocast(self._device.type, torch.bfloat16, enabled=bf16):
+            return self.net(x)
 
     def _run(self, batch: np.ndarray, infos) -> list[Features]:
         torch = self._torch
@@ -285,11 +293,12 @@ class SAMFeat(Extractor):
         h, w = batch.shape[1:3]
         with torch.inference_mode():
             out = self._forward(batch)
-            scores = out["logits"][:, 0]
+            scores = out["logits"][:, 0].float()
             if conf.add_edge_to_logits:
-                edge = F.interpolate(out["edge"], size=(h, w), mode="bilinear",
+                edge = F.interpolate(out["edge"].float(), size=(h, w), mode="bilinear",
                                      align_corners=False)
                 scores = scores + edge[:, 0]
+            scores = scores.contiguous()
             detections = detect_keypoints(
                 scores,
                 logit(conf.detection_threshold),
@@ -303,9 +312,9 @@ class SAMFeat(Extractor):
                 desc, weights = sample_descriptors(
                     out["desc_map"][i:i + 1], out["weight_map"][i:i + 1], keypoints[None], (h, w)
                 )
-                desc = desc[0]
+                desc = desc[0].float()
                 if conf.descriptor_output == "weighted":
-                    desc = desc * weights[0, :, None]
+                    desc = desc * weights[0, :, None].float()
                 xy = keypoints.cpu().numpy()
                 # network pixels -> original pixels (pixel centres at integers)
                 xy = (xy + 0.5) / np.asarray(scale, np.float32) - 0.5

@@ -41,7 +41,7 @@ def _points(array, dim: int, name: str) -> np.ndarray:
     return array
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Camera:
     """A camera model with COLMAP's names and parameter order (project pixel convention).
 
@@ -73,6 +73,15 @@ class Camera:
         object.__setattr__(self, "params", params)
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Camera):
+            return NotImplemented
+        return (self.model, self.width, self.height) == (other.model, other.width, other.height) \
+            and bool(np.array_equal(self.params, other.params))
+
+    def __hash__(self) -> int:
+        return hash((self.model, self.width, self.height, self.params.tobytes()))
 
     # -- construction ----------------------------------------------------------------------
     @classmethod

@@ -176,11 +176,13 @@ class _Heads(nn.Module):
         edge = torch.sigmoid(self.edge_head(feature))
         c3 = c3 * (1 + edge)  # EAG for detection: C3' = C3 * E + C3
         a = self.alphas
+        # S = sum_i alpha_i * up(s_i); bilinear upsampling is linear, so alpha is applied
+        # at the coarse resolution (cheaper, same result).
         logits = (
             a[0] * self.heatmap1(c1)
-            + a[1] * _resize(self.heatmap2(c2), c1)
-            + a[2] * _resize(self.heatmap3(c3), c1)
-            + a[3] * _resize(self.heatmap4(c4), c1)
+            + _resize(a[1] * self.heatmap2(c2), c1)
+            + _resize(a[2] * self.heatmap3(c3), c1)
+            + _resize(a[3] * self.heatmap4(c4), c1)
         )
         feature = self.edge_attention(feature, edge)
         weight_map = F.softplus(self.weight_head(feature.mean(1, keepdim=True)))
@@ -393,66 +395,66 @@ def sample_descriptors(
             integers; see `points_to_grid`).
         image_hw: (H, W) of the network input.
     Returns:
-        unit_desc [B, N, D] (L2-normalised; eps 1e-8) and weights [B, N]. The published
+        unit_desc [B, N, D] float32 (L2-normalised; eps 1e-8) and weights [B, N]. The published
         descriptor is `unit_desc * weights[..., None]` (norm = weight).
     Both maps use border padding (the official training sampler), so points slightly
     outside the image get the values of the nearest border cell.
     """
-    grid = points_to_grid(points.to(desc_map.dtype), image_hw)
-    desc = F.grid_sample(desc_map, grid, mode="bilinear", padding_mode="border",
+    # Always float32: a bfloat16 grid would be off by up to ~1 px at 640 px.
+    grid = points_to_grid(points.float(), image_hw)
+    desc = F.grid_sample(desc_map.float(), grid, mode="bilinear", padding_mode="border",
                          align_corners=False)[..., 0].transpose(1, 2)
     desc = F.normalize(desc, p=2, dim=-1, eps=1e-8)
-    weights = F.grid_sample(weight_map, grid.to(weight_map.dtype), mode="bilinear",
+    weights = F.grid_sample(weight_map.float(), grid, mode="bilinear",
                             padding_mode="border", align_corners=False)[:, 0, :, 0]
     return desc, weights
 
 
 def max_pool_same(scores: torch.Tensor, radius: int) -> torch.Tensor:
-    """Max over the (2r+1)^2 window around each pixel (-inf outside), [..., H, W] -> same.
+    """Max over the (2r+1)^2 window around each pixel (-inf outside), [B, H, W] -> same.
 
     Exactly `F.max_pool2d(x, 2r+1, 1, r)` but computed as separable 1-D maxima by doubling
     the window (O(log r) elementwise ops per axis): about 100x faster on CPU for r = 4.
     """
     if radius <= 0:
         return scores
-    out = scores
+    size = 2 * radius + 1
+    out = F.pad(scores, (radius, radius, radius, radius), value=float("-inf"))
     for dim in (-1, -2):
-        out = _max_1d(out, radius, dim)
+        span = 1  # out[i] = max(padded[i : i + span]) along dim
+        while 2 * span <= size:
+            n = out.shape[dim] - span
+            out = torch.maximum(out.narrow(dim, 0, n), out.narrow(dim, span, n))
+            span *= 2
+        if span < size:
+            n = out.shape[dim] - (size - span)
+            out = torch.maximum(out.narrow(dim, 0, n), out.narrow(dim, size - span, n))
     return out
 
 
-def _max_1d(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
-    size = 2 * radius + 1
-    pad_shape = list(x.shape)
-    pad_shape[dim] = radius
-    pad = x.new_full(pad_shape, float("-inf"))
-    m = torch.cat([pad, x, pad], dim)
-    span = 1  # m[i] = max(x_padded[i : i + span])
-    while 2 * span <= size:
-        n = m.shape[dim] - span
-        m = torch.maximum(m.narrow(dim, 0, n), m.narrow(dim, span, n))
-        span *= 2
-    if span < size:
-        n = m.shape[dim] - (size - span)
-        m = torch.maximum(m.narrow(dim, 0, n), m.narrow(dim, size - span, n))
-    return m
+def simple_nms(scores: torch.Tensor, radius: int, iterations: int = 2,
+               threshold: float | None = None) -> torch.Tensor:
+    """SuperPoint's max-pool NMS: bool mask [B, H, W] of the kept local maxima.
 
-
-def simple_nms(scores: torch.Tensor, radius: int, iterations: int = 2) -> torch.Tensor:
-    """SuperPoint's max-pool NMS: bool mask [..., H, W] of the kept local maxima.
-
-    A pixel is kept if it is the maximum of its (2r+1)^2 window; `iterations` extra rounds
-    recover maxima whose only larger neighbours were themselves suppressed, which brings the
-    result close to the greedy grid NMS of the official inference.
+    A pixel is kept if it is the maximum of its (2r+1)^2 window (and >= `threshold`);
+    `iterations` extra rounds recover maxima whose only larger neighbours were themselves
+    suppressed, which brings the result close to the greedy grid NMS of the official
+    inference. Maxima below `threshold` suppress nothing in those rounds.
     """
     if radius <= 0:
-        return torch.ones_like(scores, dtype=torch.bool)
-    neg_inf = torch.full_like(scores, float("-inf"))
+        keep = torch.ones_like(scores, dtype=torch.bool)
+        return keep if threshold is None else scores >= threshold
     keep = scores == max_pool_same(scores, radius)
+    if threshold is not None:
+        keep &= scores >= threshold
+    neg_inf = torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device)
     for _ in range(iterations):
         suppressed = max_pool_same(keep.to(scores.dtype), radius) > 0
         rest = torch.where(suppressed, neg_inf, scores)
-        keep = keep | ((rest == max_pool_same(rest, radius)) & ~suppressed)
+        new = (rest == max_pool_same(rest, radius)) & ~suppressed
+        if threshold is not None:
+            new &= rest >= threshold
+        keep |= new
     return keep
 
 
@@ -515,9 +517,7 @@ def detect_keypoints(
     if scores.ndim != 3:
         raise ValueError(f"scores must be [B, H, W], got {tuple(scores.shape)}")
     b, h, w = scores.shape
-    keep = scores >= threshold
-    if nms_radius > 0:
-        keep &= simple_nms(scores, nms_radius, nms_iterations)
+    keep = simple_nms(scores, nms_radius, nms_iterations, threshold)
     if border > 0:
         inner = torch.zeros(h, w, dtype=torch.bool, device=scores.device)
         inner[border:h - border, border:w - border] = True

@@ -116,8 +116,10 @@ class Quad:
         return np.stack([o, o + u, o + u + v, o + v])
 
     @property
-    def normal(self) -> np.ndarray:
-        n = np.cross(self.axis_u, self.axis_v)
+    def front_normal(self) -> np.ndarray:
+        """Unit normal of the side the texture reads correctly from (v x u: the builders
+        orient every quad so that this side faces the viewers)."""
+        n = np.cross(self.axis_v, self.axis_u)
         return n / np.linalg.norm(n)
 
 
@@ -131,6 +133,7 @@ class Scene:
     paths: dict[str, dict]  # camera path parameters per path name
     background: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
     bounds: np.ndarray = field(default_factory=lambda: np.zeros((2, 3)))
+    lightmap_cache: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
 
 
 class _TextureBank:
@@ -200,7 +203,7 @@ def _variant(image: np.ndarray, variant: str) -> np.ndarray:
         return image
     gray = image.mean(2, keepdims=True)
     if variant == "plaster":  # pale, low-contrast wall paint
-        return np.clip(0.82 + 0.22 * (gray - gray.mean()), 0, 1) * np.array([1.0, 0.98, 0.94], np.float32)
+        return np.clip(0.72 + 0.25 * (gray - gray.mean()), 0, 1) * np.array([1.0, 0.98, 0.94], np.float32)
     if variant == "floor":  # darker, warm, medium contrast
         return np.clip(0.45 + 0.6 * (image - image.mean()), 0, 1) * np.array([1.0, 0.85, 0.7], np.float32)
     if variant == "muted":
@@ -252,6 +255,9 @@ def _box(center, size, height, yaw, textures, bank, rng, z0=0.0) -> list[Quad]:
     p = [np.r_[x, z0 + height] for x in corners]
     quads.append(Quad(p[3], p[2] - p[3], p[0] - p[3], top,
                       _fit_window(bank.aspects[top], 2 * s[0], 2 * s[1], rng)))
+    if z0 > 0:  # a raised box is seen from below: close it (its front faces down)
+        b = [np.r_[x, z0] for x in corners]
+        quads.append(Quad(b[0], b[1] - b[0], b[3] - b[0], top))
     return quads
 
 
@@ -315,7 +321,8 @@ def build_scene(kind: str, textures_dir: str | Path, seed: int = 0) -> Scene:
         walls = [((0, 0), (w, 0)), ((w, 0), (w, d)), ((w, d), (0, d)), ((0, d), (0, 0))]
         for p0, p1 in walls:
             length = np.linalg.norm(np.subtract(p1, p0))
-            for along in rng.uniform(0.8, length - 0.8, 2):
+            for slot in range(2):  # one picture per half wall: pictures never overlap
+                along = length * (slot + 0.5) / 2 + rng.uniform(-0.4, 0.4)
                 quads += _picture(p0, p1, along, rng.uniform(1.4, 1.9), rng.uniform(0.5, 0.9),
                                   bank, rng, frames[rng.integers(len(frames))])
         lights = {"neutral": _ceiling_lights(w, d, h, 2, 2, 1.0),
@@ -385,7 +392,9 @@ def build_scene(kind: str, textures_dir: str | Path, seed: int = 0) -> Scene:
             if abs(s0 - s1) > 0.05:  # side wall joining two setbacks
                 tex = bank.take("muted")
                 lo, hi = sorted((-s0, -s1))
-                quads.append(_wall((x1, lo), (x1, hi), 0.0, min(h0, h1), tex,
+                # It faces +x when the left block protrudes (the viewer side on the left).
+                ends = ((x1, hi), (x1, lo)) if -s0 > -s1 else ((x1, lo), (x1, hi))
+                quads.append(_wall(*ends, 0.0, min(h0, h1), tex,
                                    _fit_window(bank.aspects[tex], hi - lo, min(h0, h1), rng)))
         lights = {"neutral": [(np.array([10.0, 30.0, 40.0]), 4.0)],
                   "evening": [(np.array([-20.0, 15.0, 6.0]), 4.0)],
@@ -489,10 +498,6 @@ def photometric_for(lighting: str, rng: np.random.Generator) -> Photometric:
     raise ValueError(f"lighting must be one of {LIGHTINGS}, got {lighting!r}")
 
 
-def _scene_lights(scene: Scene, lighting: str):
-    return scene.lights.get(lighting, scene.lights["neutral"])
-
-
 # -- rendering ----------------------------------------------------------------------------------------
 def _clip_near(poly: np.ndarray, near: float) -> np.ndarray:
     """Sutherland-Hodgman clipping of a convex [K, 3] camera-frame polygon to z >= near."""
@@ -531,16 +536,18 @@ def render_view(
     K, Kinv = camera.K, np.linalg.inv(camera.K)
     R, t = cam_from_world.R, cam_from_world.t
     albedo = np.zeros((H, W, 3), np.uint8)
+    shading = np.ones((H, W), np.float32)
     inv_depth = np.zeros((H, W), np.float32)
-    quad_id = np.full((H, W), -1, np.int32)
-    for index, quad in enumerate(scene.quads):
-        _draw_quad(quad, scene.textures[quad.texture], K, Kinv, R, t, albedo, inv_depth, quad_id, index)
+    lightmaps = scene_lightmaps(scene, lighting)
+    for quad, lightmap in zip(scene.quads, lightmaps, strict=True):
+        _draw_quad(quad, scene.textures[quad.texture], lightmap, K, Kinv, R, t,
+                   albedo, shading, inv_depth)
     valid = inv_depth > 0
     depth = np.zeros((H, W), np.float32)
     depth[valid] = 1.0 / inv_depth[valid]
-    shading = _shade(scene, lighting, depth, valid, quad_id, Kinv, cam_from_world)
-    image = albedo.astype(np.float32) * (shading[..., None] / 255.0)
-    if scene.background is not None:
+    image = albedo.astype(np.float32)
+    image *= (shading * np.float32(1 / 255))[..., None]
+    if scene.background is not None and not valid.all():
         top, bottom = (np.asarray(c, np.float32) for c in scene.background)
         ramp = np.linspace(0, 1, H, dtype=np.float32)[:, None, None]
         sky = np.broadcast_to(top + (bottom - top) * ramp, (H, W, 3))
@@ -554,7 +561,7 @@ def render_view(
     return image, depth
 
 
-def _draw_quad(quad, pyramid, K, Kinv, R, t, albedo, inv_depth, quad_id, index):
+def _draw_quad(quad, pyramid, lightmap, K, Kinv, R, t, albedo, shading, inv_depth):
     H, W = inv_depth.shape
     corners_cam = quad.corners @ R.T + t
     poly = _clip_near(corners_cam, NEAR_M)
@@ -575,69 +582,79 @@ def _draw_quad(quad, pyramid, K, Kinv, R, t, albedo, inv_depth, quad_id, index):
         return
     xs = np.arange(x0, x1 + 1, dtype=np.float64)[None, :]
     ys = np.arange(y0, y1 + 1, dtype=np.float64)[:, None]
-    q = [(Hq[k, 0] * xs + Hq[k, 1] * ys + Hq[k, 2]) for k in range(3)]
     roi = (slice(y0, y1 + 1), slice(x0, x1 + 1))
-    q3 = q[2]
+    q3 = Hq[2, 0] * xs + Hq[2, 1] * ys + Hq[2, 2]
     draw = (q3 > inv_depth[roi]) & (q3 < 1.0 / NEAR_M)
-    draw &= (q[0] >= 0) & (q[0] <= q3) & (q[1] >= 0) & (q[1] <= q3)
     if not draw.any():
         return
-    # Mip level from the texel footprint of one pixel at the quad's visible centre.
-    ys_i, xs_i = np.nonzero(draw)
-    cy_, cx_ = int(np.median(ys_i)), int(np.median(xs_i))
+    q0 = Hq[0, 0] * xs + Hq[0, 1] * ys + Hq[0, 2]
+    draw &= (q0 >= 0) & (q0 <= q3)
+    del q0
+    q1 = Hq[1, 0] * xs + Hq[1, 1] * ys + Hq[1, 2]
+    draw &= (q1 >= 0) & (q1 <= q3)
+    del q1
+    if not draw.any():
+        return
+    # Mip level from the texel footprint of one pixel at the centre of the visible polygon.
+    cx_, cy_ = np.clip(uv.mean(0), [x0, y0], [x1, y1])
+    qc = Hq @ np.array([cx_, cy_, 1.0])
     u0, v0, u1, v1 = quad.window
     h0, w0 = pyramid[0].shape[:2]
-    qc = [qk[cy_, cx_] for qk in q]
-    J = np.array(
-        [[(Hq[0, j] * qc[2] - qc[0] * Hq[2, j]) / qc[2] ** 2 for j in range(2)],
-         [(Hq[1, j] * qc[2] - qc[1] * Hq[2, j]) / qc[2] ** 2 for j in range(2)]]
-    ) * np.array([[(u1 - u0) * w0], [(v1 - v0) * h0]])
-    footprint = np.sqrt(abs(np.linalg.det(J)))
+    J = (Hq[:2, :2] * qc[2] - np.outer(qc[:2], Hq[2, :2])) / qc[2] ** 2
+    J *= np.array([[(u1 - u0) * w0], [(v1 - v0) * h0]])
+    # The largest singular value: no aliasing along the most compressed direction.
+    footprint = np.linalg.norm(J, 2)
     level = int(np.clip(np.floor(np.log2(max(footprint, 1.0))), 0, len(pyramid) - 1))
     tex = pyramid[level]
     th, tw = tex.shape[:2]
+    shift = np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1]])
+    size = (x1 - x0 + 1, y1 - y0 + 1)
     # (s, t) -> texel of this level (texel centres at integers).
     B = np.array([[(u1 - u0) * tw, 0, u0 * tw - 0.5], [0, (v1 - v0) * th, v0 * th - 0.5], [0, 0, 1]])
-    shift = np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1]])
     tiled = max(u1 - u0, v1 - v0) > 1 or min(u0, v0) < 0 or max(u1, v1) > 1
     warped = cv2.warpPerspective(
-        tex, B @ Hq @ shift, (x1 - x0 + 1, y1 - y0 + 1),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        tex, B @ Hq @ shift, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_WRAP if tiled else cv2.BORDER_REFLECT_101,
     )
+    lh, lw = lightmap.shape
+    L = np.array([[lw, 0, -0.5], [0, lh, -0.5], [0, 0, 1]])
+    light = cv2.warpPerspective(
+        lightmap, L @ Hq @ shift, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     albedo[roi][draw] = warped[draw]
+    shading[roi][draw] = light[draw]
     inv_depth[roi][draw] = q3[draw]
-    quad_id[roi][draw] = index
 
 
-def _shade(scene, lighting, depth, valid, quad_id, Kinv, cam_from_world) -> np.ndarray:
-    """Per-pixel diffuse shading (ambient + point lights with distance fall-off), computed
-    in the world frame so it is the same surface radiance in every view."""
-    H, W = depth.shape
-    shading = np.ones((H, W), np.float32)
-    if not valid.any():
-        return shading
-    ys, xs = np.nonzero(valid)
-    z = depth[ys, xs].astype(np.float64)
-    cam = np.stack([xs, ys, np.ones_like(xs)], 1) @ Kinv.T * z[:, None]
-    world = (cam - cam_from_world.t) @ cam_from_world.R
-    center = cam_from_world.center
-    normals = np.stack([q.normal for q in scene.quads])
-    origins = np.stack([q.origin for q in scene.quads])
-    # Both faces are drawn: orient each normal toward the camera.
-    flip = np.sign(np.einsum("ij,ij->i", normals, center - origins))
-    normals = normals * np.where(flip == 0, 1, flip)[:, None]
-    n = normals[quad_id[ys, xs]]
-    ambient = 0.35 if lighting != "evening" else 0.22
-    value = np.full(len(z), ambient)
-    scale = 4.0 if scene.kind != "facade" else 40.0  # fall-off distance (m)
-    for position, intensity in _scene_lights(scene, lighting):
-        to_light = position - world
-        dist = np.linalg.norm(to_light, axis=1)
-        lambert = np.clip(np.einsum("ij,ij->i", n, to_light) / np.maximum(dist, 1e-6), 0, 1)
-        value += intensity * 0.55 * lambert / (1 + (dist / scale) ** 2)
-    shading[ys, xs] = np.clip(value, 0, 1.6)
-    return shading
+LIGHTMAP_TEXELS_PER_M = 8  # resolution of the baked diffuse lighting
+
+
+def scene_lightmaps(scene: Scene, lighting: str) -> list[np.ndarray]:
+    """Per-quad diffuse shading maps (ambient + point lights with distance fall-off on the
+    quad's front side), baked once per lighting in the world frame so that every view sees
+    the same surface radiance. Cached on the scene."""
+    cache = scene.lightmap_cache
+    if lighting in cache:
+        return cache[lighting]
+    lights = scene.lights.get(lighting, scene.lights["neutral"])
+    ambient = 0.22 if lighting == "evening" else 0.35
+    falloff_m = 40.0 if scene.kind == "facade" else 4.0
+    maps = []
+    for quad in scene.quads:
+        ns = int(np.clip(np.linalg.norm(quad.axis_u) * LIGHTMAP_TEXELS_PER_M, 2, 256))
+        nt = int(np.clip(np.linalg.norm(quad.axis_v) * LIGHTMAP_TEXELS_PER_M, 2, 256))
+        s_, t_ = np.meshgrid((np.arange(ns) + 0.5) / ns, (np.arange(nt) + 0.5) / nt)
+        world = quad.origin + s_[..., None] * quad.axis_u + t_[..., None] * quad.axis_v
+        value = np.full(s_.shape, ambient)
+        for position, intensity in lights:
+            to_light = position - world
+            dist = np.linalg.norm(to_light, axis=-1)
+            lambert = np.clip(to_light @ quad.front_normal / np.maximum(dist, 1e-6), 0, 1)
+            value += intensity * 0.55 * lambert / (1 + (dist / falloff_m) ** 2)
+        maps.append(np.clip(value, 0, 1.6).astype(np.float32))
+    cache[lighting] = maps
+    return maps
 
 
 def _apply_photometric(image: np.ndarray, p: Photometric) -> np.ndarray:

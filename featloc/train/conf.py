@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+import logging
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -18,6 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..config import ConfigError
 from .optim import OptimConf
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,3 +100,13 @@ def to_dict(conf) -> dict:
 
 def to_yaml(conf) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(conf))
+
+
+def warn_config_changes(old: dict, new: dict, prefix: str = "") -> None:
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            warn_config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            logger.warning("config changed since the checkpoint: %s%s: %r -> %r",
+                           prefix, key, a, b)

@@ -11,9 +11,16 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-import torch
+import signal
+import threading
 
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .. import progress
 from . import dist
+from .data.sampler import EpochSampler
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +59,54 @@ def to_device(batch, device: torch.device):
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def _worker_init(_):
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset, conf, epoch: int, start_batch: int) -> DataLoader:
+    """The batches of one epoch from `start_batch` on (this rank's share under DDP)."""
+    sampler = EpochSampler(len(dataset), conf.train.batch_size, conf.train.seed, epoch,
+                           start_batch, dist.rank(), dist.world_size())
+    return DataLoader(dataset, batch_size=conf.train.batch_size, sampler=sampler,
+                      num_workers=conf.train.num_workers, drop_last=True,
+                      worker_init_fn=_worker_init if conf.train.num_workers else None,
+                      pin_memory=torch.cuda.is_available())
+
+
+class StopRequest:
+    """Defers SIGINT/SIGTERM to the next step boundary, so the run stops with a checkpoint of a
+    consistent state (parameters, optimizer and step counter all after the same step)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt(f"signal {signum}")
+        logger.warning("signal %d: stopping after this step (again to stop at once)", signum)
+        self.requested = True
+
+    def should_stop(self) -> bool:
+        flag = torch.tensor([float(self.requested)])
+        if dist.is_distributed():  # all ranks stop at the same step
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _all_finite(value: torch.Tensor) -> bool:
@@ -172,3 +227,9 @@ class RunLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def progress_bar(total: int, initial: int):
+    """tqdm over the optimizer steps (rank 0; off with the CLI's --quiet)."""
+    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True,
+                disable=not (progress.is_enabled() and dist.is_main()))

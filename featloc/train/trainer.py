@@ -3,51 +3,28 @@
 Single process by default; DistributedDataParallel when launched by torchrun (CPU: gloo, CUDA:
 nccl), with only rank 0 logging, validating, checkpointing and exporting. A run lives in
 `train.output_dir`: `config.yaml`, `ckpt_<step>.pt`, `metrics.csv`, `val.csv`, `tensorboard/`
-and the exported weights. `resume=True` continues exactly from the newest checkpoint (same
-parameters as an uninterrupted run); Ctrl-C / SIGTERM saves a checkpoint before exiting.
+and the exported weights. `resume=True` continues exactly from the newest checkpoint (the same
+parameters as an uninterrupted run). Ctrl-C / SIGTERM stops at the end of the current step with
+a checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from . import checkpoint, dist
-from .conf import load_config, to_dict, to_yaml
+from .conf import load_config, to_dict, to_yaml, warn_config_changes
 from .data.sampler import EpochSampler
-from .loop import Meter, RunLog, make_scaler, resolve_device, train_step
+from .loop import (Meter, RunLog, StopRequest, make_loader, make_scaler, progress_bar,
+                   resolve_device, train_step)
 from .optim import build_optimizer, build_scheduler
 from .tasks import get_task
 
 logger = logging.getLogger(__name__)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _worker_init(_):
-    import cv2
-
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
-def _loader(dataset, conf, epoch: int, start_batch: int) -> DataLoader:
-    sampler = EpochSampler(len(dataset), conf.train.batch_size, conf.train.seed, epoch,
-                           start_batch, dist.rank(), dist.world_size())
-    return DataLoader(dataset, batch_size=conf.train.batch_size, sampler=sampler,
-                      num_workers=conf.train.num_workers, drop_last=True,
-                      worker_init_fn=_worker_init if conf.train.num_workers else None,
-                      pin_memory=torch.cuda.is_available())
 
 
 def train(config_path: str | Path | None, overrides: list[str] | None = None,
@@ -55,29 +32,28 @@ def train(config_path: str | Path | None, overrides: list[str] | None = None,
     """Train (or resume, or only export) the run described by the config; returns the output
     folder."""
     conf = load_config(config_path, overrides)
-    task = get_task(conf.task)
-    out = Path(conf.train.output_dir)
+    task, out = get_task(conf.task), Path(conf.train.output_dir)
     device = resolve_device(conf.train.device)
     if conf.train.threads > 0:
         torch.set_num_threads(conf.train.threads)
     dist.init(device.type)
-    _seed_everything(conf.train.seed)
+    checkpoint.seed_everything(conf.train.seed)
     model = task.build_model(conf).to(device)
-    state = checkpoint.load_latest(out, map_location=device) if (resume or export_only) else None
-    if (resume or export_only) and state is None:
+    found = checkpoint.load_latest(out, device) if (resume or export_only) else None
+    if (resume or export_only) and found is None:
         raise FileNotFoundError(f"no checkpoint to resume from in {out}")
     if not (resume or export_only) and checkpoint.checkpoints(out):
         raise FileExistsError(f"{out} already holds checkpoints: pass --resume to continue the "
                               "run, or choose another train.output_dir")
-    ckpt = state[0] if state else None
+    ckpt = found[0] if found else None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        _warn_config_changes(ckpt["config"], to_dict(conf))
-        logger.info("resuming from %s (step %d)", state[1], ckpt["step"])
+        warn_config_changes(ckpt["config"], to_dict(conf))
+        logger.info("loaded %s (step %d)", found[1], ckpt["step"])
     if export_only:
         return _export(task, model, conf, out, ckpt["step"], ckpt.get("commit", "unknown"))
 
-    with dist.main_first():
+    with dist.main_first():  # rank 0 builds the caches, the others reuse them
         dataset = task.build_datasets(conf)["train"]
     per_epoch = EpochSampler.batches_per_epoch(len(dataset), conf.train.batch_size,
                                                dist.world_size())
@@ -99,7 +75,7 @@ def train(config_path: str | Path | None, overrides: list[str] | None = None,
     if dist.is_distributed():
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)
+            find_unused_parameters=True)  # a loss weight of 0 leaves a head unused
     commit = checkpoint.git_commit()
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -116,40 +92,33 @@ def train(config_path: str | Path | None, overrides: list[str] | None = None,
                 "config": to_dict(conf), "commit": commit, "task": conf.task,
                 "world_size": dist.world_size()}, conf.train.keep_last_k)
 
-    meter, bar, saved_step = Meter(), _progress(total, step), step
-    tic = time.perf_counter()
-    try:
+    meter, bar, tic = Meter(), progress_bar(total, step), time.perf_counter()
+    with StopRequest() as stop, bar:
         while step < total:
-            for batch in _loader(dataset, conf, epoch, batch_in_epoch):
-                metrics = train_step(model, batch, task, conf, optimizer, scaler, device, step)
+            for batch in make_loader(dataset, conf, epoch, batch_in_epoch):
+                meter.update(train_step(model, batch, task, conf, optimizer, scaler, device, step))
                 scheduler.step()
                 step, batch_in_epoch = step + 1, batch_in_epoch + 1
-                meter.update(metrics)
                 bar.update(1)
                 if step % conf.train.log_interval == 0 or step == total:
-                    row = meter.pop()
-                    row.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"],
-                               sec_per_step=(time.perf_counter() - tic) / conf.train.log_interval)
+                    row = {**meter.pop(), "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                           "sec_per_step": (time.perf_counter() - tic) / conf.train.log_interval}
                     tic = time.perf_counter()
                     log.log("metrics", step, row)
                     bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}")
                 if conf.train.val_interval and step % conf.train.val_interval == 0:
                     _validate(task, model, conf, log, step)
-                if step % conf.train.ckpt_interval == 0 or step == total:
+                stopping = stop.should_stop()
+                if step % conf.train.ckpt_interval == 0 or step == total or stopping:
                     save()
-                    saved_step = step
+                if stopping:
+                    log.close()
+                    raise KeyboardInterrupt(f"stopped at step {step}; checkpoint saved")
                 if step >= total:
                     break
             else:
                 epoch, batch_in_epoch = epoch + 1, 0
-    except KeyboardInterrupt:
-        if step != saved_step:
-            logger.warning("interrupted at step %d: saving a checkpoint", step)
-            save()
-        raise
-    finally:
-        bar.close()
-    if not conf.train.val_interval or total % conf.train.val_interval:
+    if not conf.train.val_interval or step % conf.train.val_interval:
         _validate(task, model, conf, log, step)
     log.close()
     if dist.is_main():
@@ -160,15 +129,6 @@ def train(config_path: str | Path | None, overrides: list[str] | None = None,
 
 def _unwrap(model):
     return model.module if hasattr(model, "module") else model
-
-
-def _progress(total: int, initial: int):
-    from tqdm.auto import tqdm
-
-    from .. import progress
-
-    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True,
-                disable=not (progress._ENABLED and dist.is_main()))
 
 
 def _validate(task, model, conf, log: RunLog, step: int) -> None:
@@ -187,13 +147,3 @@ def _export(task, model, conf, out: Path, step: int, commit: str) -> Path:
                            {"step": step, "commit": commit, "config": to_dict(conf)})
         logger.info("exported inference weights to %s", path)
     return out
-
-
-def _warn_config_changes(old: dict, new: dict, prefix: str = "") -> None:
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            _warn_config_changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            logger.warning("config changed since the checkpoint: %s%s: %r -> %r",
-                           prefix, key, a, b)

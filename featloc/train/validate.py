@@ -83,7 +83,7 @@ def extract(model, sample_descriptors, image: np.ndarray, conf: ValConf, device)
     h, w = image.shape[:2]
     ratio = min(1.0, conf.resize_max / max(h, w))
     nh, nw = (max(16, int(round(s * ratio / 16)) * 16) for s in (h, w))
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
     tensor = F.interpolate(tensor, size=(nh, nw), mode="bilinear", align_corners=False,
                            antialias=True)
     pred = model((tensor * (2 / 255) - 1).to(device))

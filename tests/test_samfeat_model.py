@@ -1,0 +1,448 @@
+"""SAMFeat networks, shared sampling/detection functions, extractor contract, ONNX backend.
+
+Networks are random-init (no trained weights are needed); images are small.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featloc.config import build, make_conf
+from featloc.features import samfeat as samfeat_features
+from featloc.features.samfeat import SAMFeat, SAMFeatConf, round_to_multiple
+from featloc.models.samfeat import (
+    OUTPUT_KEYS,
+    SAMFeatNetConf,
+    build_samfeat_net,
+    detect_keypoints,
+    max_pool_same,
+    refine_subpixel,
+    sample_descriptors,
+    save_samfeat_net,
+    simple_nms,
+)
+from featloc.types import Features
+
+
+@pytest.fixture(scope="module")
+def lite_net():
+    torch.manual_seed(0)
+    return build_samfeat_net(SAMFeatNetConf(arch="lite")).eval()
+
+
+@pytest.fixture(scope="module")
+def vgg_net():
+    torch.manual_seed(0)
+    return build_samfeat_net(SAMFeatNetConf(arch="vgg")).eval()
+
+
+def _texture(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3)).astype(np.float32)
+    big = torch.nn.functional.interpolate(
+        torch.from_numpy(small).permute(2, 0, 1)[None], scale_factor=4, mode="bilinear"
+    )[0].permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(big[:h, :w]).clip(0, 255).astype(np.uint8)
+
+
+def _extractor(net, **conf):
+    return SAMFeat(make_conf(SAMFeatConf, {"arch": net.conf.arch}, conf), net=net)
+
+
+# ------------------------------------------------------------------------------------------
+# Networks
+
+
+def _check_shapes(out, b, h, w):
+    assert set(out) == set(OUTPUT_KEYS)
+    assert out["logits"].shape == (b, 1, h, w)
+    assert out["desc_map"].shape == (b, 128, h // 4, w // 4)
+    assert out["weight_map"].shape == (b, 1, h // 4, w // 4)
+    assert out["distill"].shape == (b, 256, h // 8, w // 8)
+    assert out["edge"].shape == (b, 1, h // 4, w // 4)
+    assert (out["weight_map"] > 0).all()
+    assert ((out["edge"] > 0) & (out["edge"] < 1)).all()
+
+
+@pytest.mark.parametrize("hw", [(400, 400), (480, 640)])
+def test_forward_shapes_vgg(vgg_net, hw):
+    x = torch.rand(1, 3, *hw) * 2 - 1
+    with torch.inference_mode():
+        _check_shapes(vgg_net(x), 1, *hw)
+
+
+@pytest.mark.parametrize("hw", [(400, 400), (480, 640)])
+@pytest.mark.parametrize("eag_mode", ["spatial", "row_official"])
+def test_forward_shapes_lite(hw, eag_mode):
+    torch.manual_seed(0)
+    net = build_samfeat_net(SAMFeatNetConf(arch="lite", eag_mode=eag_mode)).eval()
+    x = torch.rand(2, 3, *hw) * 2 - 1
+    with torch.inference_mode():
+        _check_shapes(net(x), 2, *hw)
+
+
+def test_forward_shapes_vgg_spatial_eag():
+    net = build_samfeat_net(SAMFeatNetConf(arch="vgg", eag_mode="spatial", spatial_kv_pool=2))
+    with torch.inference_mode():
+        _check_shapes(net(torch.rand(2, 3, 64, 96) * 2 - 1), 2, 64, 96)
+
+
+@pytest.mark.parametrize("eag_mode", ["row_official", "spatial"])
+def test_vgg_parameter_count_is_published(eag_mode):
+    net = build_samfeat_net(SAMFeatNetConf(arch="vgg", eag_mode=eag_mode))
+    assert sum(p.numel() for p in net.parameters()) == 2_109_267  # methods.md 7.2
+
+
+def test_lite_is_small_and_trainable(lite_net):
+    assert sum(p.numel() for p in lite_net.parameters()) < 500_000
+    net = build_samfeat_net(SAMFeatNetConf(arch="lite")).train()
+    out = net(torch.rand(2, 3, 32, 48) * 2 - 1)
+    sum(v.float().mean() for v in out.values()).backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_input_must_be_multiple_of_16(lite_net):
+    with pytest.raises(ValueError, match="multiples of 16"):
+        lite_net(torch.zeros(1, 3, 40, 48))
+
+
+def test_bad_net_conf():
+    with pytest.raises(ValueError, match="arch"):
+        SAMFeatNetConf(arch="resnet")
+    with pytest.raises(ValueError, match="eag_mode"):
+        SAMFeatNetConf(eag_mode="rows")
+
+
+# ------------------------------------------------------------------------------------------
+# Sampling convention (methods.md 7.1)
+
+
+def test_sample_descriptors_constant_gradient():
+    """Maps holding a linear function of the pixel position are sampled exactly."""
+    h, w = 32, 48
+    for stride in (1, 4, 8):
+        hs, ws = h // stride, w // stride
+        # cell centre of cell (i, j) at full resolution: stride * j + (stride - 1) / 2
+        xs = stride * torch.arange(ws, dtype=torch.float32) + (stride - 1) / 2
+        ys = stride * torch.arange(hs, dtype=torch.float32) + (stride - 1) / 2
+        gx, gy = xs[None].expand(hs, ws), ys[:, None].expand(hs, ws)
+        k = 100.0
+        desc_map = torch.stack([gx, gy, torch.full_like(gx, k)])[None]
+        weight_map = (2 * gx + 3 * gy + 1)[None, None]
+        lo = (stride - 1) / 2
+        points = torch.tensor([[[lo, lo], [10.25, 7.5], [w - 1 - lo, h - 1 - lo], [20.0, 3.7]]])
+        desc, weights = sample_descriptors(desc_map, weight_map, points, (h, w))
+        assert desc.shape == (1, 4, 3) and weights.shape == (1, 4)
+        torch.testing.assert_close(desc.norm(dim=-1), torch.ones(1, 4))
+        x, y = points[0, :, 0], points[0, :, 1]
+        torch.testing.assert_close(desc[0, :, 0] / desc[0, :, 2], x / k)
+        torch.testing.assert_close(desc[0, :, 1] / desc[0, :, 2], y / k)
+        torch.testing.assert_close(weights[0], 2 * x + 3 * y + 1)
+
+
+def test_sample_descriptors_border_padding_and_empty():
+    desc_map = torch.arange(4.0).reshape(1, 1, 1, 4).repeat(1, 2, 1, 1) + 1
+    weight_map = torch.arange(4.0).reshape(1, 1, 1, 4) + 1
+    # outside the image the nearest border cell is used
+    points = torch.tensor([[[-3.0, 0.0], [40.0, 0.0]]])
+    _, weights = sample_descriptors(desc_map, weight_map, points, (4, 16))
+    torch.testing.assert_close(weights, torch.tensor([[1.0, 4.0]]))
+    desc, weights = sample_descriptors(desc_map, weight_map, torch.zeros(1, 0, 2), (4, 16))
+    assert desc.shape == (1, 0, 2) and weights.shape == (1, 0)
+
+
+# ------------------------------------------------------------------------------------------
+# Detection
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 4])
+def test_max_pool_same_equals_max_pool2d(radius):
+    x = torch.randn(2, 23, 31)
+    expected = F.max_pool2d(x[:, None], 2 * radius + 1, 1, radius)[:, 0]
+    assert torch.equal(max_pool_same(x, radius), expected)
+
+
+def _peaks(h, w, peaks):
+    scores = torch.zeros(1, h, w)
+    for x, y, s in peaks:
+        scores[0, y, x] = s
+    return scores
+
+
+def test_nms_keeps_the_highest_within_radius():
+    scores = _peaks(30, 30, [(10, 10, 0.9), (13, 12, 0.8), (20, 20, 0.7)])
+    (kp, s), = detect_keypoints(scores, 0.5, nms_radius=4, border=0)
+    assert kp.tolist() == [[10, 10], [20, 20]]
+    torch.testing.assert_close(s, torch.tensor([0.9, 0.7]))
+    # radius 2: (13, 12) is outside (10, 10)'s window
+    (kp, _), = detect_keypoints(scores, 0.5, nms_radius=2, border=0)
+    assert kp.tolist() == [[10, 10], [13, 12], [20, 20]]
+
+
+def test_nms_iterations_recover_points_suppressed_by_suppressed_points():
+    # a > b > c on a line: a suppresses b; b would suppress c but b is gone, and c is
+    # outside a's window, so greedy NMS (published) keeps a and c.
+    scores = _peaks(20, 40, [(10, 10, 0.9), (13, 10, 0.8), (16, 10, 0.7)])
+    single = simple_nms(scores, 4, iterations=0, threshold=0.5)
+    assert single.sum() == 1 and single[0, 10, 10]
+    (kp, _), = detect_keypoints(scores, 0.5, nms_radius=4, border=0, nms_iterations=2)
+    assert kp.tolist() == [[10, 10], [16, 10]]
+
+
+def test_threshold_border_and_top_k():
+    peaks = [(2, 15, 0.99), (4, 15, 0.2), (15, 4, 0.95), (15, 15, 0.6), (25, 25, 0.7),
+             (25, 8, 0.8), (8, 27, 0.4)]
+    scores = _peaks(32, 32, peaks)
+    (kp, s), = detect_keypoints(scores, 0.5, nms_radius=1, border=4)
+    # (2, 15) is inside the 4-px border; (4, 15) and (8, 27) are below the threshold;
+    # (15, 4) is exactly 4 px from the border and kept (SuperPoint's rule)
+    assert kp.tolist() == [[15, 4], [25, 8], [25, 25], [15, 15]]
+    assert torch.all(s[:-1] >= s[1:])
+    (kp, s), = detect_keypoints(scores, 0.5, nms_radius=1, border=4, max_num_keypoints=2)
+    assert kp.tolist() == [[15, 4], [25, 8]]
+    (kp, s), = detect_keypoints(torch.zeros(1, 16, 16), 0.5)
+    assert kp.shape == (0, 2) and s.shape == (0,)
+
+
+def test_detect_keypoints_batch():
+    scores = torch.cat([_peaks(16, 16, [(8, 8, 0.9)]), _peaks(16, 16, [])])
+    out = detect_keypoints(scores, 0.5, nms_radius=2, border=2)
+    assert [len(kp) for kp, _ in out] == [1, 0]
+
+
+def test_subpixel_refinement_on_a_smooth_peak():
+    h, w = 24, 24
+    x0, y0 = 10.3, 12.6
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    logits = -((xs - x0) ** 2 + (ys - y0) ** 2) / (2 * 0.6**2)
+    (kp_int, _), = detect_keypoints(logits[None], -1.0, nms_radius=4, border=2)
+    (kp, _), = detect_keypoints(logits[None], -1.0, nms_radius=4, border=2, subpixel_radius=2)
+    assert kp_int.tolist() == [[10, 13]]
+    err_int = (kp_int[0] - torch.tensor([x0, y0])).norm()
+    err = (kp[0] - torch.tensor([x0, y0])).norm()
+    assert err < 0.05 < err_int
+    # a symmetric peak does not move; the window is clipped at the image border
+    flat = torch.zeros(5, 5)
+    torch.testing.assert_close(refine_subpixel(flat, torch.tensor([[2.0, 2.0]]), 2),
+                               torch.tensor([[2.0, 2.0]]))
+    assert refine_subpixel(flat, torch.tensor([[0.0, 0.0]]), 1)[0].tolist() == [0.5, 0.5]
+
+
+# ------------------------------------------------------------------------------------------
+# Extractor
+
+
+class _BlobNet(nn.Module):
+    """A fake network: logits high on bright pixels; descriptors encode the position."""
+
+    def __init__(self):
+        super().__init__()
+        self.conf = SAMFeatNetConf(arch="lite")
+
+    def forward(self, image):
+        b, _, h, w = image.shape
+        # log-intensity: a Gaussian blob becomes a quadratic peak, which the soft-argmax
+        # locates to a few hundredths of a pixel
+        logits = torch.log(((image[:, :1] + 1) / 2).clamp_min(1e-3))
+        ys, xs = torch.meshgrid(torch.arange(h // 4), torch.arange(w // 4), indexing="ij")
+        desc = torch.stack([xs, ys, torch.ones_like(xs)], 0).float()
+        desc = F.pad(desc, (0, 0, 0, 0, 0, 125))[None].expand(b, -1, -1, -1)
+        return {
+            "logits": logits,
+            "desc_map": desc,
+            "weight_map": torch.full((b, 1, h // 4, w // 4), 2.0),
+            "distill": torch.zeros(b, 256, h // 8, w // 8),
+            "edge": torch.full((b, 1, h // 4, w // 4), 0.5),
+        }
+
+
+def _blob_image(h, w, centres, sigma=2.0):
+    ys, xs = np.mgrid[:h, :w].astype(np.float32)
+    img = np.zeros((h, w), np.float32)
+    for x, y in centres:
+        img = np.maximum(img, np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)))
+    return (img * 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("resize_max", [0, 100])
+def test_keypoints_in_original_pixels(resize_max):
+    # 150 x 230: not a multiple of 16, so the network input is resized per axis, and
+    # resize_max adds a second resize; blob centres must come back where they are
+    centres = [(40.3, 30.7), (120.6, 90.2), (190.8, 60.4)]
+    scale = 1.0 if not resize_max else resize_max / 230
+    image = _blob_image(150, 230, centres, sigma=1.0 / scale)  # ~1 px in the network input
+    ex = _extractor(_BlobNet(), resize_max=resize_max, detection_threshold=0.1, subpixel=True,
+                    border_px=2, descriptor_output="unit")
+    features = ex.extract(image)
+    assert features.image_size == (230, 150)
+    assert len(features) == 3
+    order = np.argsort(features.keypoints[:, 0])
+    np.testing.assert_allclose(features.keypoints[order], centres, atol=0.1 / scale)
+    # the descriptors encode the 1/4-map cell position: sampling happens at the keypoint
+    net_size = np.array([224, 144]) if not resize_max else np.array([96, 64])
+    kp_net = (features.keypoints[order] + 0.5) * net_size / [230, 150] - 0.5
+    desc = features.descriptors[order]
+    np.testing.assert_allclose(desc[:, :2] / desc[:, 2:3], (kp_net - 1.5) / 4, atol=1e-3)
+
+
+def test_extractor_contract(lite_net):
+    image = _texture(70, 90)
+    ex = _extractor(lite_net, detection_threshold=0.01, max_num_keypoints=40)
+    features = ex.extract(image)
+    assert isinstance(features, Features)
+    assert len(features) == 40
+    assert features.keypoints.dtype == np.float32 and features.keypoints.shape == (40, 2)
+    assert features.keypoint_scores.dtype == np.float32
+    assert features.descriptors.dtype == np.float32 and features.descriptors.shape == (40, 128)
+    assert features.image_size == (90, 70)
+    assert np.all(features.keypoints >= 0) and np.all(features.keypoints <= [89, 69])
+    assert np.all((features.keypoint_scores >= 0.01) & (features.keypoint_scores <= 1))
+    assert np.all(np.diff(features.keypoint_scores) <= 0)
+    # weighted descriptors: norm = attention weight > 0; unit: norm 1
+    assert np.all(np.linalg.norm(features.descriptors, axis=1) > 0)
+    unit = _extractor(lite_net, detection_threshold=0.01, max_num_keypoints=40,
+                      descriptor_output="unit").extract(image)
+    np.testing.assert_allclose(np.linalg.norm(unit.descriptors, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(unit.keypoints, features.keypoints)
+    # gray input and float input are accepted
+    assert len(ex.extract(image.mean(2).astype(np.uint8))) == 40
+    assert len(ex.extract(image / 255.0)) == 40
+
+
+def test_uniform_image_gives_well_formed_empty_features():
+    torch.manual_seed(0)
+    net = build_samfeat_net(SAMFeatNetConf(arch="lite")).eval()
+    with torch.no_grad():  # a detector that, like a trained one, rejects flat regions
+        net.heatmap1.bias.fill_(-50.0)
+    features = _extractor(net).extract(np.full((48, 64, 3), 128, np.uint8))
+    assert len(features) == 0
+    assert features.keypoints.shape == (0, 2) and features.descriptors.shape == (0, 128)
+    assert features.keypoint_scores.shape == (0,)
+    assert features.image_size == (64, 48)
+
+
+def test_arch_defaults_and_conf_validation(lite_net, vgg_net):
+    lite = _extractor(lite_net)
+    assert lite.conf.detection_threshold == 0.5 and lite.conf.subpixel
+    assert not lite.conf.add_edge_to_logits
+    vgg = _extractor(vgg_net)  # the published inference settings
+    assert vgg.conf.detection_threshold == 0.9 and vgg.conf.add_edge_to_logits
+    assert not vgg.conf.subpixel and vgg.conf.nms_radius == 4 and vgg.conf.border_px == 4
+    assert not vgg.conf.grayscale
+    with pytest.raises(ValueError, match="backend"):
+        _extractor(lite_net, backend="tensorrt")
+    with pytest.raises(ValueError, match="is 'lite' but arch='vgg'"):
+        SAMFeat(SAMFeatConf(arch="vgg"), net=lite_net)
+    # numpy rounding (half to even), as the official inference
+    assert round_to_multiple(100) == 96 and round_to_multiple(110) == 112
+    assert round_to_multiple(104) == 96 and round_to_multiple(120) == 128
+    assert round_to_multiple(5) == 16
+
+
+def test_extract_batch_matches_single(lite_net):
+    images = [_texture(64, 80, 0), _texture(70, 90, 1), _texture(64, 80, 2)]
+    ex = _extractor(lite_net, detection_threshold=0.01, max_num_keypoints=30, batch_size=2)
+    batched = ex.extract_batch(images)
+    for image, features in zip(images, batched):
+        single = ex.extract(image)
+        np.testing.assert_allclose(features.keypoints, single.keypoints, atol=1e-4)
+        np.testing.assert_allclose(features.descriptors, single.descriptors, atol=1e-4)
+
+
+def test_bfloat16_precision_close_to_float32(lite_net):
+    image = _texture(64, 80)
+    fp32 = _extractor(lite_net, detection_threshold=0.01).extract(image)
+    bf16 = _extractor(lite_net, detection_threshold=0.01, precision="bfloat16").extract(image)
+    assert abs(len(fp32) - len(bf16)) <= 0.2 * len(fp32)
+    assert bf16.descriptors.dtype == np.float32
+
+
+def test_missing_weights_error(monkeypatch, tmp_path):
+    missing = tmp_path / "samfeat-lite.pt"
+    monkeypatch.setattr(samfeat_features, "shipped_weights", lambda arch: missing)
+    with pytest.raises(FileNotFoundError) as info:
+        build("extractor", "samfeat-lite")
+    message = str(info.value)
+    assert "samfeat-lite.pt" in message
+    assert "featloc train --config configs/train/samfeat-lite.yaml" in message
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        build("extractor", "samfeat", weights=str(tmp_path / "nope.pt"))
+
+
+def test_weights_file_round_trip(lite_net, tmp_path):
+    path = save_samfeat_net(lite_net, tmp_path / "lite.pt")
+    from_file = build("extractor", "samfeat-lite", weights=str(path), detection_threshold=0.01,
+                      max_num_keypoints=25)
+    in_memory = _extractor(lite_net, detection_threshold=0.01, max_num_keypoints=25)
+    image = _texture(48, 64)
+    a, b = from_file.extract(image), in_memory.extract(image)
+    np.testing.assert_allclose(a.keypoints, b.keypoints, atol=1e-4)
+    np.testing.assert_allclose(a.descriptors, b.descriptors, atol=1e-4)
+    with pytest.raises(ValueError, match="do not fit"):
+        torch.save(build_samfeat_net(SAMFeatNetConf(arch="vgg")).state_dict(), tmp_path / "v.pt")
+        build("extractor", "samfeat-lite", weights=str(tmp_path / "v.pt"))
+
+
+# ------------------------------------------------------------------------------------------
+# ONNX
+
+
+def _agree(a: Features, b: Features):
+    """Both backends find (almost) the same keypoints, with the same descriptors."""
+    d = np.linalg.norm(a.keypoints[:, None] - b.keypoints[None], axis=-1)
+    nearest = d.argmin(1)
+    same = d[np.arange(len(a)), nearest] < 1e-3
+    assert abs(len(a) - len(b)) <= max(1, len(a) // 50) and same.mean() >= 0.98
+    np.testing.assert_allclose(a.descriptors[same], b.descriptors[nearest[same]], atol=1e-4)
+    np.testing.assert_allclose(a.keypoint_scores[same], b.keypoint_scores[nearest[same]],
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["lite", "vgg"])
+def test_onnx_backend_agrees_with_torch(arch, lite_net, vgg_net):
+    net = lite_net if arch == "lite" else vgg_net
+    image = _texture(64, 96, 3)
+    conf = {"detection_threshold": 0.01, "max_num_keypoints": 200}
+    torch_ex = _extractor(net, **conf)
+    onnx_ex = _extractor(net, backend="onnx", **conf)
+    a, b = torch_ex.extract(image), onnx_ex.extract(image)
+    assert len(a) > 20
+    _agree(a, b)
+
+
+def test_onnx_export_dynamic_size_and_cli(lite_net, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from featloc.cli import main
+
+    weights = save_samfeat_net(lite_net, tmp_path / "lite.pt")
+    output = tmp_path / "out" / "lite.onnx"
+    assert main(["--quiet", "export-onnx", "--features", "samfeat-lite", "--weights",
+                 str(weights), "--output", str(output)]) == 0
+    onnx.checker.check_model(onnx.load(str(output)))
+    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == list(OUTPUT_KEYS)
+    for b, h, w in [(1, 32, 48), (2, 80, 64)]:  # not the traced size
+        x = torch.rand(b, 3, h, w) * 2 - 1
+        values = session.run(None, {"image": x.numpy()})
+        with torch.inference_mode():
+            expected = lite_net(x)
+        for key, value in zip(OUTPUT_KEYS, values):
+            np.testing.assert_allclose(value, expected[key].numpy(), atol=2e-4, rtol=1e-3)
+
+
+def test_onnx_backend_caches_the_export(lite_net, tmp_path):
+    weights = save_samfeat_net(lite_net, tmp_path / "lite.pt")
+    conf = {"weights": str(weights), "backend": "onnx", "onnx_cache_dir": str(tmp_path / "c")}
+    build("extractor", "samfeat-lite", **conf)
+    cached = list((tmp_path / "c" / "onnx").glob("lite-*.onnx"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    ex = build("extractor", "samfeat-lite", **conf)
+    assert cached[0].stat().st_mtime_ns == mtime  # reused, not exported again
+    assert len(ex.extract(_texture(48, 64))) >= 0
