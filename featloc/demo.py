@@ -21,7 +21,11 @@ def run_demo(output: str | Path, num_images: int = 6, seed: int = 0,
              features: tuple[str, ...] = DEMO_FEATURES) -> tuple[str, Path]:
     """Run the demo into `output`; returns the markdown table and the match picture path."""
     from . import load_extractor, load_matcher
-    from .eval.hpatches import list_pairs, run_homography_benchmark, summaries_to_markdown
+    from .eval.hpatches import (
+        list_pairs,
+        run_homography_benchmark,
+        summaries_to_markdown,
+    )
     from .geometry import estimate_homography
     from .geometry.homography import homography_corner_error
     from .io.images import read_image
@@ -41,7 +45,7 @@ def run_demo(output: str | Path, num_images: int = 6, seed: int = 0,
     for name in features:
         logger.info("benchmark: %s + mutual NN", name)
         summaries.append(run_homography_benchmark(data, output / "benchmark" / name, name, "nn"))
-    table = summaries_to_markdown(summaries, [f"{n} + nn" for n in features])
+    table = summaries_to_markdown(summaries)
     (output / "summary.md").write_text(table)
 
     # A picture of the hardest viewpoint pair with SIFT, inliers of the estimated homography.

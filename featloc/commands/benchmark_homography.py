@@ -20,9 +20,8 @@ def add_parser(sub, formatter):
     )
     p.add_argument("--data", type=Path, required=True, help="HPatches-format folder")
     p.add_argument("--output", type=Path, required=True, help="output folder (also the cache)")
-    common.add_extractor_args(p)
     # The protocol's keypoint budget is explicit here, not left to the extractor default.
-    p.set_defaults(max_keypoints=2048)
+    common.add_extractor_args(p, max_keypoints=2048)
     common.add_matcher_args(p)
     common.add_ransac_args(p)
     p.add_argument("--keep-high-res", action="store_true",

@@ -20,13 +20,15 @@ def parse_kv(items: list[str] | None) -> dict:
     return out
 
 
-def add_extractor_args(p: argparse.ArgumentParser, default: str = "sift") -> None:
+def add_extractor_args(
+    p: argparse.ArgumentParser, default: str = "sift", max_keypoints: int | None = None
+) -> None:
     from ..config import available
 
     p.add_argument("--features", default=default,
                    help=f"extractor name: {', '.join(available('extractor'))}")
-    p.add_argument("--max-keypoints", type=int, default=None,
-                   help="keep at most N keypoints (None: the extractor's own default, 2048)")
+    p.add_argument("--max-keypoints", type=int, default=max_keypoints,
+                   help="keep at most N keypoints (None: the extractor's own default)")
     p.add_argument("--resize-max", type=int, default=None,
                    help="resize so the longer side is at most PX before extraction "
                    "(keypoints are still returned in original pixels; None: no resize)")

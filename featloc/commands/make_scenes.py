@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 # Mirrors featloc.synth.scenes (which validates them again); not imported here so that
 # building the parser stays light.
 KINDS = ("room", "gallery", "facade")

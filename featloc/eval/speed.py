@@ -15,7 +15,6 @@ import numpy as np
 
 from ..config import build
 from ..geometry import estimate_homography
-from ..geometry.homography import warp_points
 from ..synth.textures import random_scene_image
 
 logger = logging.getLogger(__name__)
@@ -79,9 +78,9 @@ def run_speed_benchmark(
         extractor = build("extractor", name, max_num_keypoints=max_num_keypoints)
         t_extract, f0 = median_time(lambda e=extractor: e.extract(image0), repeats)
         f1 = extractor.extract(image1)
-        t_match, matches = median_time(lambda: model.match(f0, f1), repeats)
+        t_match, matches = median_time(lambda a=f0, b=f1: model.match(a, b), repeats)
         p0, p1 = matches.matched_points(f0, f1)
-        t_est, estimate = median_time(lambda: estimate_homography(p0, p1, ransac), repeats)
+        t_est, estimate = median_time(lambda a=p0, b=p1: estimate_homography(a, b, ransac), repeats)
 
         def pair(e=extractor):
             a, b = e.extract(image0), e.extract(image1)
