@@ -8,8 +8,16 @@ import pytest
 
 from featloc.geometry import estimate_relative_pose
 from featloc.geometry.camera import CAMERA_MODELS, Camera, inplane_rotation
-from featloc.geometry.depth import gt_matches_from_pose_depth, project_with_depth, sample_depth
-from featloc.geometry.epipolar import epipolar_errors, match_precision, sym_epipolar_error
+from featloc.geometry.depth import (
+    gt_matches_from_pose_depth,
+    project_with_depth,
+    sample_depth,
+)
+from featloc.geometry.epipolar import (
+    epipolar_errors,
+    match_precision,
+    sym_epipolar_error,
+)
 from featloc.geometry.homography import gt_matches_from_homography, warp_points
 from featloc.geometry.metrics import error_auc, relative_pose_error
 from featloc.geometry.pose import (

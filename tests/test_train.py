@@ -19,7 +19,11 @@ from featloc.geometry.homography import warp_points
 from featloc.train import checkpoint
 from featloc.train.conf import load_config
 from featloc.train.data.augment import PhotometricConf, photometric
-from featloc.train.data.homographies import HomographyConf, sample_homography, sample_patch
+from featloc.train.data.homographies import (
+    HomographyConf,
+    sample_homography,
+    sample_patch,
+)
 from featloc.train.data.sampler import EpochSampler
 from featloc.train.tasks import samfeat as samfeat_task
 
@@ -255,7 +259,7 @@ def test_training_run_writes_logs_checkpoints_and_export(straight_run):
     for key in ("loss", "loss_det", "loss_des", "loss_wsc", "loss_dis", "loss_edge", "lr"):
         assert key in header
     assert len(lines) == 11
-    weights = torch.load(run / "samfeat.pt", weights_only=True)
+    weights = torch.load(run / "samfeat.pt", weights_only=True)["state_dict"]
     assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
     meta = (run / "samfeat.json").read_text()
     assert '"step": 10' in meta and '"commit"' in meta

@@ -27,8 +27,8 @@ def add_parser(sub, formatter):
     p.add_argument("--resize", default=None,
                    help="WxH (ScanNet-1500: 640x480) or a long side in px (MegaDepth-1500: "
                    "1200; LoFTR 840, LightGlue 1600); intrinsics are scaled to match")
-    common.add_extractor_args(p)
-    p.set_defaults(max_keypoints=2048)  # the protocol's budget is explicit, not an extractor default
+    # The protocol's keypoint budget is explicit here, not left to the extractor default.
+    common.add_extractor_args(p, max_keypoints=2048)
     common.add_matcher_args(p)
     common.add_ransac_args(p, threshold_px=0.5)
     p.set_defaults(ransac_method="ransac")  # SuperGlue/LoFTR: classic RANSAC

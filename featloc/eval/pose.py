@@ -52,7 +52,13 @@ from ..io.h5 import FeatureStore, MatchStore
 from ..io.images import ImageReadError, read_image, resize_image, write_image
 from ..match import run_match
 from ..progress import track
-from .report import RESULTS, load_cached_records, markdown_table, write_json, write_report
+from .report import (
+    RESULTS,
+    load_cached_records,
+    markdown_table,
+    write_json,
+    write_report,
+)
 
 logger = logging.getLogger(__name__)
 

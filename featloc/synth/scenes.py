@@ -382,13 +382,13 @@ def build_scene(kind: str, textures_dir: str | Path, seed: int = 0) -> Scene:
                 tex = bank.take("plain")
                 quads.append(_wall((a, -setback), (b, -setback), 0.0, height, tex,
                                    _fit_window(bank.aspects[tex], b - a, height, rng)))
-            for k in range(rng.integers(2, 5)):  # protruding balconies / signs
+            for _ in range(rng.integers(2, 5)):  # protruding balconies / signs
                 bw = rng.uniform(1.0, 2.5)
                 cx = rng.uniform(x0 + bw, x1 - bw)
                 quads += _box((cx, -setback + 0.4), (bw, 0.8), rng.uniform(0.8, 1.6), 0.0,
                               [bank.take("muted"), bank.take("muted")], bank, rng,
                               z0=rng.uniform(3, max(3.5, height - 2)))
-        for (x0, x1, h0, s0), (_, _, h1, s1) in zip(blocks[:-1], blocks[1:], strict=True):
+        for (_, x1, h0, s0), (_, _, h1, s1) in zip(blocks[:-1], blocks[1:], strict=True):
             if abs(s0 - s1) > 0.05:  # side wall joining two setbacks
                 tex = bank.take("muted")
                 lo, hi = sorted((-s0, -s1))
@@ -736,11 +736,6 @@ def select_pairs(overlap, poses, num_pairs, bins, min_baseline_m, rng) -> list[t
     return sorted(chosen[: max(num_pairs, 0)] if len(chosen) > num_pairs else chosen)
 
 
-def _format_pair_line(name0, name1, K0, K1, T_0to1: Pose) -> str:
-    values = [*np.asarray(K0).ravel(), *np.asarray(K1).ravel(), *T_0to1.matrix().ravel()]
-    return f"{name0} {name1} 0 0 " + " ".join(repr(float(v)) for v in values)
-
-
 # -- the whole set -------------------------------------------------------------------------------------
 def make_scenes(
     textures_dir: str | Path,
@@ -795,10 +790,12 @@ def make_scenes(
     pairs = select_pairs(overlap, poses, conf.num_pairs, list(conf.overlap_bins),
                          conf.min_baseline_m, pair_rng)
     timings["pairs_s"] = time.perf_counter() - tic
+    from ..eval.pose import PosePair, format_pose_pair_line
+
     lines, info = [], []
     for i, j in pairs:
         T = relative_pose(poses[i], poses[j])
-        lines.append(_format_pair_line(names[i], names[j], camera.K, camera.K, T))
+        lines.append(format_pose_pair_line(PosePair(names[i], names[j], camera.K, camera.K, T)))
         info.append({"name0": names[i], "name1": names[j], "overlap": round(float(overlap[i, j]), 4),
                      "baseline_m": round(float(np.linalg.norm(T.t)), 4),
                      "rotation_deg": round(rotation_angle_deg(T.R), 3)})

@@ -9,9 +9,9 @@ keys and values of the wrong type are errors naming the full key (e.g. `data.hom
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-import logging
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -40,7 +40,8 @@ class TrainConf:
     output_dir: str = "outputs/train/run"  # checkpoints, logs, config, exported weights
     export_dtype: str = "fp16"  # dtype of the exported inference weights: fp16 | fp32
     tensorboard: bool = True  # also log to <output_dir>/tensorboard
-    threads: int = 0  # torch CPU threads; 0: torch's default
+    threads: int = 0  # torch CPU threads; 0: torch's default (1 helps on a busy shared CPU)
+    ddp_find_unused: bool = False  # DDP: set true if a loss weight of 0 leaves a head unused
 
     def __post_init__(self):
         checks = {"device": ("auto", "cpu", "cuda"), "precision": ("bf16", "fp16", "fp32"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 
 import torch
@@ -33,7 +34,8 @@ def init(device_type: str) -> None:
     """Join the process group set up by torchrun (env RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
     if launched_by_torchrun() and not is_distributed():
         backend = "nccl" if device_type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        # long timeout: the other ranks wait while rank 0 builds the data caches
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=3))
         if device_type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 

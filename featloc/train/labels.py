@@ -69,7 +69,7 @@ def _dog(conf: LabelConf) -> ResponseDetector:
     def response(gray):
         sigmas = [1.0, 1.6, 2.56, 4.1]
         blurred = [cv2.GaussianBlur(gray, (0, 0), s) for s in sigmas]
-        return np.max([np.abs(a - b) for a, b in zip(blurred[:-1], blurred[1:])], axis=0)
+        return np.max([np.abs(a - b) for a, b in zip(blurred[:-1], blurred[1:], strict=True)], axis=0)
     return response
 
 

@@ -8,11 +8,10 @@ import csv
 import logging
 import math
 import os
-from collections import defaultdict
-from pathlib import Path
-
 import signal
 import threading
+from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader

@@ -131,12 +131,14 @@ def group_relation_distillation(student: torch.Tensor, groups: torch.Tensor,
         return _zero(student)
     rel = _relations(student[keep])
     g = groups[keep].flatten(1)
-    target = (g[:, :, None] == g[:, None, :]).float()
-    pair_ok = ((g[:, :, None] >= 0) & (g[:, None, :] >= 0)).float()
+    has_group = g >= 0
+    pair_ok = has_group[:, :, None] & has_group[:, None, :]
     count = pair_ok.sum()
     if count == 0:
         return _zero(student)
-    return ((rel - target).abs() * pair_ok).sum() / count
+    same = g[:, :, None] == g[:, None, :]
+    err = torch.where(same, rel - 1.0, rel).abs().masked_fill(~pair_ok, 0.0)
+    return err.sum() / count
 
 
 @float32

@@ -19,8 +19,16 @@ import torch
 from . import checkpoint, dist
 from .conf import load_config, to_dict, to_yaml, warn_config_changes
 from .data.sampler import EpochSampler
-from .loop import (Meter, RunLog, StopRequest, make_loader, make_scaler, progress_bar,
-                   resolve_device, train_step)
+from .loop import (
+    Meter,
+    RunLog,
+    StopRequest,
+    make_loader,
+    make_scaler,
+    progress_bar,
+    resolve_device,
+    train_step,
+)
 from .optim import build_optimizer, build_scheduler
 from .tasks import get_task
 
@@ -48,7 +56,8 @@ def train(config_path: str | Path | None, overrides: list[str] | None = None,
     ckpt = found[0] if found else None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        warn_config_changes(ckpt["config"], to_dict(conf))
+        if dist.is_main():
+            warn_config_changes(ckpt["config"], to_dict(conf))
         logger.info("loaded %s (step %d)", found[1], ckpt["step"])
     if export_only:
         return _export(task, model, conf, out, ckpt["step"], ckpt.get("commit", "unknown"))
@@ -75,7 +84,7 @@ def train(config_path: str | Path | None, overrides: list[str] | None = None,
     if dist.is_distributed():
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)  # a loss weight of 0 leaves a head unused
+            find_unused_parameters=conf.train.ddp_find_unused)
     commit = checkpoint.git_commit()
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +101,7 @@ def train(config_path: str | Path | None, overrides: list[str] | None = None,
                 "config": to_dict(conf), "commit": commit, "task": conf.task,
                 "world_size": dist.world_size()}, conf.train.keep_last_k)
 
-    meter, bar, tic = Meter(), progress_bar(total, step), time.perf_counter()
+    meter, bar, tic, logged = Meter(), progress_bar(total, step), time.perf_counter(), step
     with StopRequest() as stop, bar:
         while step < total:
             for batch in make_loader(dataset, conf, epoch, batch_in_epoch):
@@ -101,9 +110,10 @@ def train(config_path: str | Path | None, overrides: list[str] | None = None,
                 step, batch_in_epoch = step + 1, batch_in_epoch + 1
                 bar.update(1)
                 if step % conf.train.log_interval == 0 or step == total:
-                    row = {**meter.pop(), "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                           "sec_per_step": (time.perf_counter() - tic) / conf.train.log_interval}
-                    tic = time.perf_counter()
+                    row = {k: dist.all_reduce_mean(v) for k, v in meter.pop().items()}
+                    row.update({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                                "sec_per_step": (time.perf_counter() - tic) / (step - logged)})
+                    tic, logged = time.perf_counter(), step
                     log.log("metrics", step, row)
                     bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}")
                 if conf.train.val_interval and step % conf.train.val_interval == 0:

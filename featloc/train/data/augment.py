@@ -25,12 +25,18 @@ class PhotometricConf:
     shade_kernel_min: int = 50  # shading blur kernel range (px, at the training crop size)
     shade_kernel_max: int = 100
     motion_blur_max: int = 7  # motion blur kernel size <= this (odd); < 3: off
+    # Beyond methods 1.12.2 (off by default): illumination changes like the project's
+    # HPatches-format benchmark (featloc.synth.hpatches: gamma, colour cast)
+    gamma_max: float = 1.0  # gamma ~ exp(U(-log g, log g)); 1: off
+    colour_gain: float = 0.0  # per-channel gain ~ 1 + U(-c, c); 0: off
 
     def __post_init__(self):
         if not 0 <= self.probability <= 1:
             raise ValueError(f"probability must be in [0, 1], got {self.probability}")
         if self.contrast_min > self.contrast_max or self.shade_kernel_min > self.shade_kernel_max:
             raise ValueError("contrast_min/shade_kernel_min must not exceed their max")
+        if self.gamma_max < 1.0 or self.colour_gain < 0:
+            raise ValueError("gamma_max must be >= 1 and colour_gain >= 0")
 
 
 def gaussian_noise(image: np.ndarray, rng: np.random.Generator, std: float) -> np.ndarray:
@@ -53,6 +59,17 @@ def brightness(image: np.ndarray, rng: np.random.Generator, delta: float) -> np.
 def contrast(image: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
     mean = image.mean(axis=(0, 1), keepdims=True)
     return (image - mean) * np.float32(rng.uniform(lo, hi)) + mean
+
+
+def gamma(image: np.ndarray, rng: np.random.Generator, max_gamma: float) -> np.ndarray:
+    g = np.exp(rng.uniform(-np.log(max_gamma), np.log(max_gamma)))
+    return 255.0 * (np.clip(image, 0, 255) / 255.0) ** np.float32(g)
+
+
+def colour_cast(image: np.ndarray, rng: np.random.Generator, gain: float) -> np.ndarray:
+    if image.ndim != 3:
+        return image
+    return image * (1 + rng.uniform(-gain, gain, image.shape[2])).astype(np.float32)
 
 
 def random_shade(
@@ -120,6 +137,10 @@ def photometric(image: np.ndarray, conf: PhotometricConf, rng: np.random.Generat
         out = brightness(out, rng, conf.brightness_delta)
     if (conf.contrast_min, conf.contrast_max) != (1.0, 1.0):
         out = contrast(out, rng, conf.contrast_min, conf.contrast_max)
+    if conf.gamma_max > 1.0:
+        out = gamma(out, rng, conf.gamma_max)
+    if conf.colour_gain > 0:
+        out = colour_cast(out, rng, conf.colour_gain)
     if conf.shade_ellipses > 0 and conf.shade_transparency > 0:
         out = random_shade(out, rng, conf.shade_ellipses, conf.shade_transparency,
                            (conf.shade_kernel_min, conf.shade_kernel_max))

@@ -38,7 +38,12 @@ from ...geometry.homography import warp_points
 from ..labels import LabelConf, LabelStore
 from .augment import PhotometricConf, photometric
 from .cache import ImageCache
-from .homographies import HomographyConf, crop_resize_matrix, sample_homography, scale_matrix
+from .homographies import (
+    HomographyConf,
+    crop_resize_matrix,
+    sample_homography,
+    scale_matrix,
+)
 from .targets import TeacherStore, bilinear_sample
 
 
@@ -133,7 +138,7 @@ class HomographyPairs(Dataset):
         label_points = self.labels.load(self.images.keys[i])[:, :2] if self.labels else None
         targets = self.teacher.load(self.images.keys[i]) if self.teacher else {}
         ones = np.ones((h, w), np.uint8)
-        for v, (M, rng_p, pts) in enumerate(zip(Ms, (rng_p0, rng_p1), (points0, points1))):
+        for v, (M, rng_p, pts) in enumerate(zip(Ms, (rng_p0, rng_p1), (points0, points1), strict=True)):
             view = photometric(_warp(src, M, S, cv2.INTER_LINEAR), conf.photometric, rng_p)
             out[f"image{v}"] = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1)))
             mask = _warp(ones, M, S, cv2.INTER_NEAREST)

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,9 @@ class LossConf:
     wsc_temperature: float = 5.0  # T
     wsc_form: str = "paper"  # paper | official (reproduction of the released code)
     distill_target: str = "auto"  # auto (embedding, else groups) | embedding | groups
+    # relations over a random subset of this many student pixels (the same for the whole
+    # batch): an unbiased, cheaper estimate of the mean |R_S - R_T|; 0: all pixels (exact)
+    distill_pixels: int = 0
 
     def __post_init__(self):
         if self.wsc_form not in ("paper", "official"):
@@ -122,7 +125,8 @@ def compute_loss(model, batch: dict, conf) -> tuple[torch.Tensor, dict[str, floa
                                          _cat(batch, "has_groups"), w.wsc_margin,
                                          w.wsc_temperature, w.wsc_form, ns))
     if w.distill > 0:
-        terms["dis"] = (w.distill, _distill(pred["distill"], batch, w.distill_target))
+        terms["dis"] = (w.distill, _distill(pred["distill"], batch, w.distill_target,
+                                            w.distill_pixels))
     if w.edge > 0:
         terms["edge"] = (w.edge, L.edge_mse(pred["edge"], _cat(batch, "edge"),
                                             _cat(batch, "has_edges")))
@@ -131,13 +135,20 @@ def compute_loss(model, batch: dict, conf) -> tuple[torch.Tensor, dict[str, floa
     return total, metrics
 
 
-def _distill(student: torch.Tensor, batch: dict, target: str) -> torch.Tensor:
-    has_embedding = batch["embedding0"].shape[1] > 0
-    if target == "embedding" or (target == "auto" and has_embedding):
-        return L.relation_distillation(student, _cat(batch, "embedding"),
-                                       _cat(batch, "has_embedding"))
-    return L.group_relation_distillation(student, _cat(batch, "groups_small"),
-                                         _cat(batch, "has_groups"))
+def _distill(student: torch.Tensor, batch: dict, target: str, pixels: int) -> torch.Tensor:
+    use_embedding = target == "embedding" or (target == "auto" and batch["embedding0"].shape[1])
+    teacher = _cat(batch, "embedding" if use_embedding else "groups_small")
+    if use_embedding and teacher.shape[-2:] != student.shape[-2:]:
+        teacher = torch.nn.functional.interpolate(teacher, size=student.shape[-2:],
+                                                  mode="bilinear", align_corners=False)
+    h, w = student.shape[-2:]
+    if 0 < pixels < h * w:  # same random pixels in every image; torch RNG (checkpointed)
+        pick = torch.randperm(h * w, device=student.device)[:pixels]
+        student = student.flatten(2)[:, :, pick, None]
+        teacher = teacher.flatten(-2)[..., pick, None]
+    if use_embedding:
+        return L.relation_distillation(student, teacher, _cat(batch, "has_embedding"))
+    return L.group_relation_distillation(student, teacher, _cat(batch, "has_groups"))
 
 
 @torch.no_grad()
@@ -156,18 +167,20 @@ def validate(model, conf) -> dict[str, float]:
 
 
 def export(model, conf, path: Path, info: dict | None = None) -> Path:
-    """Inference weights (state dict, fp16 or fp32) and a JSON sidecar `<path>.json` with the
-    model conf, step, commit and the training config."""
+    """Inference weights `{"net_conf", "state_dict"}` (the format of
+    `featloc.models.samfeat.load_samfeat_net`; floats in fp16 or fp32) and a JSON sidecar
+    `<path>.json` with the model conf, step, commit and the training config."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if conf.train.export_dtype == "fp16" else torch.float32
     state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
              for k, v in model.state_dict().items()}
+    net_conf = asdict(model.conf) if is_dataclass(getattr(model, "conf", None)) else None
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    torch.save({"net_conf": net_conf, "state_dict": state}, tmp)
     os.replace(tmp, path)
     info = dict(info or {})
-    sidecar = {"model": "samfeat", "arch": conf.model.arch, "options": dict(conf.model.options),
+    sidecar = {"model": "samfeat", "arch": conf.model.arch, "net_conf": net_conf,
                "dtype": conf.train.export_dtype, "step": info.pop("step", None),
                "commit": info.pop("commit", None), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                "parameters": sum(v.numel() for v in state.values()), **info}
