@@ -17,6 +17,7 @@ from featloc.features.samfeat import SAMFeat, SAMFeatConf, round_to_multiple
 from featloc.models.samfeat import (
     OUTPUT_KEYS,
     SAMFeatNetConf,
+    bilinear_sample,
     build_samfeat_net,
     detect_keypoints,
     max_pool_same,
@@ -142,6 +143,24 @@ def test_sample_descriptors_constant_gradient():
         torch.testing.assert_close(desc[0, :, 0] / desc[0, :, 2], x / k)
         torch.testing.assert_close(desc[0, :, 1] / desc[0, :, 2], y / k)
         torch.testing.assert_close(weights[0], 2 * x + 3 * y + 1)
+
+
+def test_bilinear_sample_equals_grid_sample_and_handles_bfloat16():
+    torch.manual_seed(0)
+    maps = torch.randn(2, 5, 12, 16)
+    points = torch.rand(2, 50, 2) * torch.tensor([80.0, 60.0]) - 8  # some outside the image
+    grid = ((points + 0.5) * torch.tensor([2 / 64, 2 / 48]) - 1)[:, :, None]
+    expected = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border",
+                             align_corners=False)[..., 0].transpose(1, 2)
+    torch.testing.assert_close(bilinear_sample(maps, points, (48, 64)), expected)
+    channels_last = maps.bfloat16().contiguous(memory_format=torch.channels_last)
+    values = bilinear_sample(channels_last, points, (48, 64))
+    assert values.dtype == torch.float32
+    torch.testing.assert_close(values, expected, atol=0.05, rtol=0.02)
+    # gradients flow to the map (the training losses sample through it)
+    maps.requires_grad_(True)
+    bilinear_sample(maps, points, (48, 64)).sum().backward()
+    assert maps.grad.abs().sum() > 0
 
 
 def test_sample_descriptors_border_padding_and_empty():
@@ -317,7 +336,8 @@ def test_uniform_image_gives_well_formed_empty_features():
     torch.manual_seed(0)
     net = build_samfeat_net(SAMFeatNetConf(arch="lite")).eval()
     with torch.no_grad():  # a detector that, like a trained one, rejects flat regions
-        net.heatmap1.bias.fill_(-50.0)
+        net.alphas.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+        net.heatmap12.bias.fill_(-50.0)
     features = _extractor(net).extract(np.full((48, 64, 3), 128, np.uint8))
     assert len(features) == 0
     assert features.keypoints.shape == (0, 2) and features.descriptors.shape == (0, 128)
@@ -333,6 +353,12 @@ def test_arch_defaults_and_conf_validation(lite_net, vgg_net):
     assert vgg.conf.detection_threshold == 0.9 and vgg.conf.add_edge_to_logits
     assert not vgg.conf.subpixel and vgg.conf.nms_radius == 4 and vgg.conf.border_px == 4
     assert not vgg.conf.grayscale
+    # precision "auto": bfloat16 only for lite on hardware with native bfloat16
+    expected = "bfloat16" if samfeat_features.native_bfloat16(torch.device("cpu")) else "float32"
+    assert lite.conf.precision == expected and vgg.conf.precision == "float32"
+    assert _extractor(lite_net, backend="onnx").conf.precision == "float32"
+    with pytest.raises(ValueError, match="float32"):
+        _extractor(lite_net, backend="onnx", precision="bfloat16")
     with pytest.raises(ValueError, match="backend"):
         _extractor(lite_net, backend="tensorrt")
     with pytest.raises(ValueError, match="is 'lite' but arch='vgg'"):
@@ -347,7 +373,7 @@ def test_extract_batch_matches_single(lite_net):
     images = [_texture(64, 80, 0), _texture(70, 90, 1), _texture(64, 80, 2)]
     ex = _extractor(lite_net, detection_threshold=0.01, max_num_keypoints=30, batch_size=2)
     batched = ex.extract_batch(images)
-    for image, features in zip(images, batched):
+    for image, features in zip(images, batched, strict=True):
         single = ex.extract(image)
         np.testing.assert_allclose(features.keypoints, single.keypoints, atol=1e-4)
         np.testing.assert_allclose(features.descriptors, single.descriptors, atol=1e-4)
@@ -407,7 +433,7 @@ def test_onnx_backend_agrees_with_torch(arch, lite_net, vgg_net):
     net = lite_net if arch == "lite" else vgg_net
     image = _texture(64, 96, 3)
     conf = {"detection_threshold": 0.01, "max_num_keypoints": 200}
-    torch_ex = _extractor(net, **conf)
+    torch_ex = _extractor(net, precision="float32", **conf)
     onnx_ex = _extractor(net, backend="onnx", **conf)
     a, b = torch_ex.extract(image), onnx_ex.extract(image)
     assert len(a) > 20
@@ -420,6 +446,9 @@ def test_onnx_export_dynamic_size_and_cli(lite_net, tmp_path):
 
     from featloc.cli import main
 
+    with pytest.raises(SystemExit) as info:
+        main(["export-onnx", "--help"])
+    assert info.value.code == 0
     weights = save_samfeat_net(lite_net, tmp_path / "lite.pt")
     output = tmp_path / "out" / "lite.onnx"
     assert main(["--quiet", "export-onnx", "--features", "samfeat-lite", "--weights",
@@ -432,7 +461,7 @@ def test_onnx_export_dynamic_size_and_cli(lite_net, tmp_path):
         values = session.run(None, {"image": x.numpy()})
         with torch.inference_mode():
             expected = lite_net(x)
-        for key, value in zip(OUTPUT_KEYS, values):
+        for key, value in zip(OUTPUT_KEYS, values, strict=True):
             np.testing.assert_allclose(value, expected[key].numpy(), atol=2e-4, rtol=1e-3)
 
 

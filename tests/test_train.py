@@ -343,6 +343,30 @@ def test_fresh_run_refuses_existing_checkpoints(straight_run, image_dir, tmp_pat
         train(SMOKE, _overrides(image_dir, tmp_path))
 
 
+def test_export_only_from_the_latest_checkpoint(straight_run, image_dir, tmp_path):
+    from featloc.train.trainer import train
+
+    shutil.copytree(straight_run / "run", tmp_path / "run")
+    (tmp_path / "run" / "samfeat.pt").unlink()
+    train(SMOKE, _overrides(image_dir, tmp_path, "train.export_dtype=fp32"), export_only=True)
+    blob = torch.load(tmp_path / "run" / "samfeat.pt", weights_only=True)
+    assert all(v.dtype != torch.float16 for v in blob["state_dict"].values())
+
+
+def test_lr_schedules():
+    from featloc.train.optim import OptimConf, lr_factor
+
+    samfeat = OptimConf(schedule="samfeat")
+    # 30 epochs of 10 steps: factor(e) = 1 - e / 31, constant within an epoch
+    assert lr_factor(0, samfeat, 300, 10) == 1.0
+    assert lr_factor(19, samfeat, 300, 10) == pytest.approx(1 - 1 / 31)
+    assert lr_factor(299, samfeat, 300, 10) == pytest.approx(1 - 29 / 31)
+    linear = OptimConf(schedule="linear", warmup_steps=10, decay_start=0.5)
+    assert lr_factor(0, linear, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(40, linear, 100, 10) == 1.0
+    assert lr_factor(75, linear, 100, 10) == pytest.approx(0.5)
+
+
 def test_missing_data_folder_is_a_clear_error(tmp_path):
     from featloc.train.trainer import train
 

@@ -8,6 +8,13 @@ The published matching is mutual nearest neighbours on the dot product of the we
 descriptors `f = w * d` (norm = attention weight): use the matcher preset `nn-dot` with the
 default `descriptor_output="weighted"`; `descriptor_output="unit"` gives L2-normalised
 descriptors for the L2 matchers.
+
+Published inference settings (methods.md 1.13) are the `samfeat` defaults, except the keypoint
+budget: `max_num_keypoints` is the project-wide 2048 (the HPatches export used 10,000).
+
+Speed (samfeat-lite, 640x480, 2-core AVX-512-BF16 CPU, same-run medians): torch bfloat16
+~21 ms, torch float32 ~32 ms, ONNX Runtime ~34 ms, OpenCV SIFT (2048 keypoints) ~40-50 ms.
+The default `precision="auto"` picks bfloat16 where the CPU has native bfloat16.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ ARCH_DEFAULTS = {
     "lite": {"detection_threshold": 0.5, "add_edge_to_logits": False, "subpixel": True},
 }
 BACKENDS = ("torch", "onnx")
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16")
 DESCRIPTOR_OUTPUTS = ("weighted", "unit")
 ONNX_OPSET = 17
 
@@ -63,10 +70,13 @@ class SAMFeatConf(ExtractorConf):
     add_edge_to_logits: bool | None = None
     subpixel: bool | None = None  # soft-argmax refinement; None: False for vgg, True for lite
     subpixel_radius: int = 2  # refinement window (2r+1)^2 on the logits
+    subpixel_temperature: float = 1.0  # softmax temperature on the logits (weights = odds^(1/T))
     backend: str = "torch"  # "torch" or "onnx" (ONNX Runtime, CPU)
     device: str = "cpu"  # torch device ("cpu", "cuda", "cuda:1"); onnx runs on cpu
-    # torch backend: "float32" or "bfloat16" (autocast; fast on CPUs with native bfloat16)
-    precision: str = "float32"
+    # "float32", "bfloat16" (torch autocast) or "auto": bfloat16 for lite on a device that
+    # runs it natively (CPU with AVX-512/AMX bfloat16 kernels, CUDA with bfloat16), else
+    # float32; vgg and the onnx backend use float32 (published numbers / ORT CPU)
+    precision: str = "auto"
     # "weighted": f = w * d (published; match with "nn-dot"); "unit": L2-normalised d
     descriptor_output: str = "weighted"
     batch_size: int = 4  # images per forward pass in extract_batch (same size only)
@@ -84,7 +94,8 @@ def _missing_weights_message(arch: str, path: Path) -> str:
     return (
         f"SAMFeat weights not found: {path} ({name} has no trained weights shipped yet; "
         f"random weights are never used as if trained). Train them with "
-        f"`featloc train --config configs/train/{name}.yaml` and pass weights=PATH, or place "
+        f"`featloc train --config configs/train/{name}.yaml` and pass weights=PATH (CLI: "
+        f"--extractor-conf weights=PATH), or place "
         f"the exported file at {path}."
     )
 
@@ -101,6 +112,34 @@ def cache_dir(conf_dir: str = "") -> Path:
         return Path(os.environ["FEATLOC_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "featloc"
+
+
+def native_bfloat16(device) -> bool:
+    """Whether `device` (torch.device) runs bfloat16 convolutions natively (fast)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:  # oneDNN's check (true from AVX-512 on, where bfloat16 may be emulated) ...
+            supported = bool(torch.backends.mkldnn.is_available()
+                             and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+        try:  # ... narrowed to native bfloat16 instructions where the CPU flags are readable
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return supported
+        return supported and ("avx512_bf16" in flags or "amx_bf16" in flags)
+    return False
+
+
+def _resolve_precision(conf: SAMFeatConf, device) -> str:
+    if conf.precision != "auto":
+        return conf.precision
+    if conf.arch == "lite" and conf.backend == "torch" and native_bfloat16(device):
+        return "bfloat16"
+    return "float32"
 
 
 def _num_cores() -> int:
@@ -129,11 +168,12 @@ class SAMFeat(Extractor):
     def __init__(self, conf: SAMFeatConf | None = None, net=None):
         conf = conf if conf is not None else self.Conf()
         self._validate(conf)
+        import torch
+
         defaults = ARCH_DEFAULTS[conf.arch]
         resolved = {k: v for k, v in defaults.items() if getattr(conf, k) is None}
+        resolved["precision"] = _resolve_precision(conf, torch.device(conf.device))
         super().__init__(dataclasses.replace(conf, **resolved))
-
-        import torch
 
         from ..models.samfeat import SAMFeatNetConf, fuse_batchnorm, load_samfeat_net
 
@@ -179,7 +219,7 @@ class SAMFeat(Extractor):
         if conf.backend == "onnx" and conf.device != "cpu":
             raise ValueError("SAMFeat: backend='onnx' runs on the CPU; use backend='torch' for "
                              f"device={conf.device!r}")
-        if conf.backend == "onnx" and conf.precision != "float32":
+        if conf.backend == "onnx" and conf.precision == "bfloat16":
             raise ValueError("SAMFeat: backend='onnx' runs in float32; bfloat16 is a torch "
                              "autocast option")
         if conf.batch_size < 1:
@@ -193,21 +233,27 @@ class SAMFeat(Extractor):
 
         from ..models.export import export_onnx_bytes
 
+        model = None
         if self._weights_path is not None:
             path = self._cached_onnx_path()
             if not path.is_file():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_bytes(export_onnx_bytes(self.net, ONNX_OPSET))
-                os.replace(tmp, path)  # atomic: concurrent processes never read half a file
-                logger.info("exported %s to %s", self._weights_path, path)
-            model = str(path)
-        else:  # an in-memory network (tests): export on the fly, nothing written to disk
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(f".tmp{os.getpid()}")
+                    tmp.write_bytes(export_onnx_bytes(self.net, ONNX_OPSET))
+                    os.replace(tmp, path)  # atomic: concurrent processes never see half a file
+                    logger.info("exported %s to %s", self._weights_path, path)
+                except OSError as exc:
+                    logger.warning("cannot cache the ONNX graph in %s (%s); exporting in memory",
+                                   path.parent, exc)
+            if path.is_file():
+                model = str(path)
+        if model is None:  # an in-memory network (tests) or no cache: nothing written to disk
             model = export_onnx_bytes(self.net, ONNX_OPSET)
         options = ort.SessionOptions()
         options.intra_op_num_threads = _num_cores()
-        # Without this the ORT threads spin after each run and slow down the torch
-        # post-processing that follows (measured: 5x slower NMS on 2 cores).
+        # Without this the ORT threads spin after each run and steal the CPU from the torch
+        # post-processing that follows (measured at 640x480 on 2 cores: 41 -> 32 ms).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
@@ -242,7 +288,8 @@ class SAMFeat(Extractor):
             for start in range(0, len(indices), self.conf.batch_size):
                 chunk = indices[start:start + self.conf.batch_size]
                 batch = np.stack([prepared[i][0] for i in chunk])
-                for i, features in zip(chunk, self._run(batch, [prepared[i][1:] for i in chunk])):
+                infos = [prepared[i][1:] for i in chunk]
+                for i, features in zip(chunk, self._run(batch, infos), strict=True):
                     results[i] = features
         return results
 
@@ -275,7 +322,7 @@ class SAMFeat(Extractor):
         if self._session is not None:
             x = x.float().mul_(2.0 / 255).sub_(1.0).contiguous().numpy()
             values = self._session.run(list(OUTPUT_KEYS), {"image": x})
-            return {k: torch.from_numpy(v) for k, v in zip(OUTPUT_KEYS, values)}
+            return {k: torch.from_numpy(v) for k, v in zip(OUTPUT_KEYS, values, strict=True)}
         x = x.to(self._device).float().mul_(2.0 / 255).sub_(1.0)
         if self._device.type != "cpu":
             x = x.contiguous()
@@ -306,9 +353,10 @@ class SAMFeat(Extractor):
                 conf.border_px,
                 conf.max_num_keypoints,
                 subpixel_radius=conf.subpixel_radius if conf.subpixel else 0,
+                subpixel_temperature=conf.subpixel_temperature,
             )
             results = []
-            for i, ((keypoints, kp_logits), (scale, size)) in enumerate(zip(detections, infos)):
+            for i, ((keypoints, kp_logits), (scale, size)) in enumerate(zip(detections, infos, strict=True)):
                 desc, weights = sample_descriptors(
                     out["desc_map"][i:i + 1], out["weight_map"][i:i + 1], keypoints[None], (h, w)
                 )

@@ -8,10 +8,12 @@ Two architectures produce the same outputs, so the training losses are shared:
   attention guidance (EAG) for detection and description, a 4-scale single-channel detector
   fused with learnable weights, a softplus weight head and a 128-d descriptor head.
   2,109,267 parameters (methods.md 7.2).
-- `lite` (`SAMFeatLite`): the same heads on a backbone built for CPU speed: one cheap conv at
-  full resolution, then stride-2 convs down to 1/16 (conv-BN-ReLU, XFeat/ALIKE-tiny style),
-  a feature pyramid that sums 1x1 projections into F at 1/4 (the linear equivalent of the
-  published concat), EAG attention over 1/16-resolution tokens, and 1x1 heads at 1/4.
+- `lite` (`SAMFeatLite`): the same heads and outputs on a backbone built for CPU speed: a
+  stride-2 stem and stride-2 convs down to 1/16 (conv-BN-ReLU, XFeat/ALIKE-tiny style), no
+  full-resolution layer (the full-resolution logits come from a sub-pixel conv at 1/2), a
+  feature pyramid that sums 1x1 projections into F at 1/4 (the linear equivalent of the
+  published concat), EAG attention from 1/16 queries to 1/32 keys, and 1x1 heads at 1/4.
+  About 0.34 M parameters; see the class docstring for every difference.
 
 Output contract of `forward(image)` (both architectures; do not change, the losses rely on it).
 `image` is [B, 3, H, W] float RGB in [-1, 1] (`v * 2 / 255 - 1`), H and W multiples of 16:
@@ -33,7 +35,6 @@ both go through `sample_descriptors`, so the convention is identical in both.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,8 +42,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 OUTPUT_KEYS = ("logits", "desc_map", "weight_map", "distill", "edge")
 ARCHS = ("vgg", "lite")
@@ -66,19 +65,20 @@ class SAMFeatNetConf:
     # spatial EAG for vgg: average-pool keys/values by this factor (1: all h4*w4 positions;
     # 2: methods 1.6.4's cheaper alternative)
     spatial_kv_pool: int = 1
-    # lite: channels of C1 (full resolution), C2 (1/2), C3 (1/4), C4 (1/8), C5 (1/16)
-    lite_channels: tuple[int, ...] = (8, 16, 32, 64, 96)
+    # lite: channels of C2 (1/2), C3 (1/4), C4 (1/8), C5 (1/16)
+    lite_channels: tuple[int, ...] = (16, 32, 64, 96)
     lite_feature_dim: int = 128  # lite: channels of the multi-scale feature F at 1/4
     lite_attention_stride: int = 16  # lite spatial EAG: queries at 1/stride of the image
     lite_attention_kv_stride: int = 32  # lite spatial EAG: keys/values at 1/stride
+    lite_attention_heads: int = 2  # lite spatial EAG heads (64 dims each: fast on CPU)
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.eag_mode is not None and self.eag_mode not in EAG_MODES:
             raise ValueError(f"eag_mode must be one of {EAG_MODES} or None, got {self.eag_mode!r}")
-        if len(self.lite_channels) != 5:
-            raise ValueError(f"lite_channels needs 5 widths (C1..C5), got {self.lite_channels}")
+        if len(self.lite_channels) != 4:
+            raise ValueError(f"lite_channels needs 4 widths (C2..C5), got {self.lite_channels}")
         for name in ("lite_attention_stride", "lite_attention_kv_stride"):
             stride = getattr(self, name)
             if stride < 4 or stride & (stride - 1):
@@ -104,8 +104,27 @@ def build_samfeat_net(conf: SAMFeatNetConf | None = None, **overrides) -> nn.Mod
 
 
 def _resize(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Bilinear resize of x to the spatial size of `like` (align_corners=False, official)."""
-    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+    """Bilinear resize of x to the spatial size of `like` (align_corners=False, official).
+
+    Runs in x's dtype: autocast would upcast to float32, and the casts back and forth cost
+    more than the resize on CPU.
+    """
+    size = like.shape[-2:]
+    device = x.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over channels, [B, C, H, W] -> [B, 1, H, W], as a matmul.
+
+    Same value as `x.mean(1, keepdim=True)`, but a bfloat16 mean first copies the whole map
+    to float32 on CPU (2 ms at 640x480 for lite, 10% of its forward pass).
+    """
+    weights = x.new_full((x.shape[1], 1), 1.0 / x.shape[1])
+    return (x.permute(0, 2, 3, 1) @ weights).permute(0, 3, 1, 2)
 
 
 class EdgeAttention(nn.Module):
@@ -113,18 +132,21 @@ class EdgeAttention(nn.Module):
 
     `row_official`: for each channel, the h x w maps of Q and K give an h x h attention
     between image rows, A = softmax(Q K^T * 0.01), O = A V (the official code).
-    `spatial`: tokens are positions with `heads` heads; queries are average-pooled by
-    `query_pool` and keys/values by `kv_pool` (1 = every position); O is upsampled back.
+    `spatial`: tokens are positions with `heads` heads, A = softmax(Q K^T / sqrt(C / heads));
+    queries are average-pooled by `query_pool` and keys/values by `kv_pool` (1 = every
+    position), and O is upsampled back. `fused` uses torch SDPA (memory-efficient, needed for
+    all h/4 x w/4 positions); otherwise explicit matmuls, faster on CPU for a few hundred
+    tokens.
     """
 
     def __init__(self, dim: int, mode: str, heads: int = 8, query_pool: int = 1,
-                 kv_pool: int = 1):
+                 kv_pool: int = 1, fused: bool = True):
         super().__init__()
         if mode not in EAG_MODES:
             raise ValueError(f"unknown EAG mode {mode!r}")
         if mode == "spatial" and dim % heads:
             raise ValueError(f"feature dim {dim} is not divisible by {heads} heads")
-        self.mode, self.heads = mode, heads
+        self.mode, self.heads, self.fused = mode, heads, fused
         self.query_pool, self.kv_pool = query_pool, kv_pool
         self.query = nn.Conv2d(dim, dim, 1)
         self.key = nn.Conv2d(dim, dim, 1)
@@ -140,29 +162,36 @@ class EdgeAttention(nn.Module):
         fq = F.avg_pool2d(gated, self.query_pool) if self.query_pool > 1 else gated
         fkv = (F.avg_pool2d(gated, self.kv_pool, ceil_mode=True)
                if self.kv_pool > 1 else gated)
-        q, k, v = self.query(fq), self.key(fkv), self.value(fkv)
-        out = F.scaled_dot_product_attention(
-            self._tokens(q), self._tokens(k), self._tokens(v)
-        )  # [B, heads, Lq, C/heads], scale 1/sqrt(C/heads)
-        out = out.transpose(-1, -2).flatten(1, 2).reshape_as(q)
-        if self.query_pool > 1:
-            out = _resize(out, feature)
+        q = self.query(fq)
+        k, v = self._tokens(self.key(fkv)), self._tokens(self.value(fkv))
+        qt = self._tokens(q)
+        if self.fused:
+            out = F.scaled_dot_product_attention(qt, k, v)
+        else:
+            scale = (q.shape[1] // self.heads) ** -0.5
+            out = torch.softmax(qt @ k.transpose(-1, -2) * scale, dim=-1) @ v
+        # [B, heads, L, C/heads] -> [B, C, h, w] (channels-last memory, like the convs)
+        out = out.transpose(1, 2).flatten(2)
+        out = out.reshape(q.shape[0], q.shape[2], q.shape[3], q.shape[1]).permute(0, 3, 1, 2)
+        if self.query_pool > 1:  # in place on the fresh upsampled map (saves an allocation)
+            return _resize(out, feature).add_(feature)
         return feature + out
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         # [B, C, h, w] -> [B, heads, h*w, C/heads]
-        return x.flatten(2).unflatten(1, (self.heads, -1)).transpose(-1, -2)
+        return x.permute(0, 2, 3, 1).flatten(1, 2).unflatten(2, (self.heads, -1)).transpose(1, 2)
 
 
 class _Heads(nn.Module):
-    """Edge head, EAG, 4-scale detector, weight head and descriptor head (methods 1.5-1.6)."""
+    """Edge head, EAG, 4-scale detector, weight head and descriptor head (methods 1.5-1.6).
 
-    def _init_heads(self, conf: SAMFeatNetConf, widths: tuple[int, int, int, int],
-                    feature_dim: int, descriptor_kernel: int, attention: EdgeAttention):
-        c1, c2, c3, c4 = widths
+    Subclasses build their backbone, call `_init_heads`, and provide `_fine_scores`, the
+    full-resolution and 1/2-resolution detector scores s1, s2.
+    """
+
+    def _init_heads(self, conf: SAMFeatNetConf, c3: int, c4: int, feature_dim: int,
+                    descriptor_kernel: int, attention: EdgeAttention):
         self.edge_head = nn.Conv2d(feature_dim, 1, 1)
-        self.heatmap1 = nn.Conv2d(c1, 1, 3, padding=1)
-        self.heatmap2 = nn.Conv2d(c2, 1, 3, padding=1)
         self.heatmap3 = nn.Conv2d(c3, 1, 3, padding=1)
         self.heatmap4 = nn.Conv2d(c4, 1, 3, padding=1)
         self.alphas = nn.Parameter(torch.tensor(ALPHA_INIT))  # learnable, unconstrained
@@ -172,20 +201,25 @@ class _Heads(nn.Module):
             feature_dim, conf.descriptor_dim, descriptor_kernel, padding=descriptor_kernel // 2
         )
 
+    def _fine_scores(self, c1, c2) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
     def _heads(self, c1, c2, c3, c4, feature, distill) -> dict[str, torch.Tensor]:
         edge = torch.sigmoid(self.edge_head(feature))
         c3 = c3 * (1 + edge)  # EAG for detection: C3' = C3 * E + C3
         a = self.alphas
-        # S = sum_i alpha_i * up(s_i); bilinear upsampling is linear, so alpha is applied
-        # at the coarse resolution (cheaper, same result).
+        # S = sum_i alpha_i * up(s_i), in float32 even under autocast (bfloat16 logits would
+        # create ties in NMS); bilinear upsampling is linear, so alpha is applied at the
+        # coarse resolution (cheaper, same result).
+        s1, s2 = self._fine_scores(c1, c2)
         logits = (
-            a[0] * self.heatmap1(c1)
-            + _resize(a[1] * self.heatmap2(c2), c1)
-            + _resize(a[2] * self.heatmap3(c3), c1)
-            + _resize(a[3] * self.heatmap4(c4), c1)
+            a[0] * s1.float()
+            + _resize(a[1] * s2.float(), s1)
+            + _resize(a[2] * self.heatmap3(c3).float(), s1)
+            + _resize(a[3] * self.heatmap4(c4).float(), s1)
         )
         feature = self.edge_attention(feature, edge)
-        weight_map = F.softplus(self.weight_head(feature.mean(1, keepdim=True)))
+        weight_map = F.softplus(self.weight_head(_channel_mean(feature)))
         desc_map = self.descriptor_head(feature)
         return {
             "logits": logits,
@@ -224,9 +258,11 @@ class SAMFeatVGG(_Heads):
         self.conv4a, self.conv4b = conv(128, 128), conv(128, 128)
         self.distill_head = conv(128, conf.distill_dim)  # F_D, no activation
         self.distill_fusion = conv(conf.distill_dim, 128)  # C4 = C4raw + fusion(F_D)
+        self.heatmap1 = nn.Conv2d(64, 1, 3, padding=1)
+        self.heatmap2 = nn.Conv2d(64, 1, 3, padding=1)
         attention = EdgeAttention(384, conf.resolved_eag_mode, conf.attention_heads,
                                   kv_pool=conf.spatial_kv_pool)
-        self._init_heads(conf, (64, 64, 128, 128), 384, 3, attention)
+        self._init_heads(conf, 128, 128, 384, 3, attention)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):  # official init; biases keep the default init
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -244,6 +280,9 @@ class SAMFeatVGG(_Heads):
         # Multi-scale feature F at 1/4; C3 enters un-gated.
         feature = torch.cat([_resize(c1, c3), _resize(c2, c3), c3, _resize(c4, c3)], 1)
         return self._heads(c1, c2, c3, c4, feature, distill)
+
+    def _fine_scores(self, c1, c2):
+        return self.heatmap1(c1), self.heatmap2(c2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,21 +303,26 @@ class ConvBlock(nn.Sequential):
 class SAMFeatLite(_Heads):
     """SAMFeat heads on a backbone built for CPU speed (same outputs as `SAMFeatVGG`).
 
-    Differences from the published network, all for speed: C1 has few channels (8) and is
-    the only full-resolution layer; downsampling uses stride-2 convs with BatchNorm; a 1/16
-    stage C5 widens the receptive field; F_D and its fusion are 1x1 convs; F is a sum of 1x1
-    projections (top-down, FPN style); the spatial EAG attends over 1/16-resolution queries
-    and 1/32 keys/values; the descriptor head is 1x1.
+    Differences from the published network, all for speed:
+    - no full-resolution layer: a stride-2 stem (conv-BN-ReLU) and one more conv give C2 at
+      1/2; stride-2 convs with BatchNorm lead to C3 (1/4), C4 (1/8) and an extra C5 (1/16)
+      that widens the receptive field;
+    - the full-resolution detector score s1 is a sub-pixel conv: one 3x3 conv on C2 predicts
+      the 2x2 full-resolution logits of each C2 cell (pixel shuffle) and, in a fifth channel,
+      the 1/2-resolution score s2;
+    - F_D and its fusion are 1x1 convs; F is a sum of 1x1 projections of C2..C5 at 1/4
+      (top-down, FPN style; the linear equivalent of the published concat + conv);
+    - the spatial EAG attends from 1/16-resolution queries to 1/32 keys/values (2 heads);
+    - the descriptor head is 1x1.
     """
 
     def __init__(self, conf: SAMFeatNetConf | None = None):
         super().__init__()
         conf = conf or SAMFeatNetConf(arch="lite")
         self.conf = conf
-        c1, c2, c3, c4, c5 = conf.lite_channels
+        c2, c3, c4, c5 = conf.lite_channels
         dim = conf.lite_feature_dim
-        self.block1 = ConvBlock(3, c1)
-        self.block2 = ConvBlock(c1, c2, 2)
+        self.block2 = nn.Sequential(ConvBlock(3, c2, 2), ConvBlock(c2, c2))
         self.block3 = nn.Sequential(ConvBlock(c2, c3, 2), ConvBlock(c3, c3))
         self.block4 = nn.Sequential(ConvBlock(c3, c4, 2), ConvBlock(c4, c4))
         self.block5 = nn.Sequential(ConvBlock(c4, c5, 2), ConvBlock(c5, c5))
@@ -288,12 +332,15 @@ class SAMFeatLite(_Heads):
         self.project3 = nn.Conv2d(c3, dim, 1)
         self.project4 = nn.Conv2d(c4, dim, 1)
         self.project5 = nn.Conv2d(c5, dim, 1)
+        # channels 0-3: s1 as 2x2 sub-pixels of each C2 cell; channel 4: s2
+        self.heatmap12 = nn.Conv2d(c2, 5, 3, padding=1)
         attention = EdgeAttention(
-            dim, conf.resolved_eag_mode, conf.attention_heads,
+            dim, conf.resolved_eag_mode, conf.lite_attention_heads,
             query_pool=conf.lite_attention_stride // 4,
             kv_pool=conf.lite_attention_kv_stride // 4,
+            fused=False,
         )
-        self._init_heads(conf, (c1, c2, c3, c4), dim, 1, attention)
+        self._init_heads(conf, c3, c4, dim, 1, attention)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -301,8 +348,7 @@ class SAMFeatLite(_Heads):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """image [B, 3, H, W] in [-1, 1] -> dict of the module docstring."""
         _check_input(image)
-        c1 = self.block1(image)
-        c2 = self.block2(c1)
+        c2 = self.block2(image)
         c3 = self.block3(c2)
         c4 = self.block4(c3)
         c5 = self.block5(c4)
@@ -310,9 +356,14 @@ class SAMFeatLite(_Heads):
         c4 = c4 + self.distill_fusion(distill)
         top = _resize(self.project5(c5), c4) + self.project4(c4)
         # Bilinear 2x downsampling with align_corners=False is exactly a 2x2 average.
-        feature = (_resize(top, c3) + self.project3(c3)
-                   + self.project2(F.avg_pool2d(c2, 2)))
-        return self._heads(c1, c2, c3, c4, feature, distill)
+        # (in place on the fresh upsampled map: saves two full-size allocations)
+        feature = _resize(top, c3).add_(self.project3(c3))
+        feature = feature.add_(self.project2(F.avg_pool2d(c2, 2)))
+        return self._heads(None, c2, c3, c4, feature, distill)
+
+    def _fine_scores(self, c1, c2):
+        scores = self.heatmap12(c2)
+        return F.pixel_shuffle(scores[:, :4], 2), scores[:, 4:]
 
 
 def fuse_batchnorm(net: nn.Module) -> nn.Module:
@@ -357,6 +408,9 @@ def load_samfeat_net(path: str | Path, conf: SAMFeatNetConf | None = None) -> nn
         state = blob["state_dict"]
     else:
         state = blob
+    for prefix in ("module.", "_orig_mod."):  # DataParallel / torch.compile wrappers
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
     net = build_samfeat_net(conf)
     try:
         net.load_state_dict(state)
@@ -369,15 +423,47 @@ def load_samfeat_net(path: str | Path, conf: SAMFeatNetConf | None = None) -> nn
 # Sampling and detection (pure functions; training and inference share them)
 
 
-def points_to_grid(points: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
-    """Pixel (x, y) points [B, N, 2] -> grid_sample coordinates [B, N, 1, 2].
+def points_to_map(points: torch.Tensor, image_hw: tuple[int, int],
+                  map_hw: tuple[int, int]) -> torch.Tensor:
+    """Pixel (x, y) points of the H x W image -> continuous (x, y) of an h x w map.
 
-    Pixel centre = integer coordinate, `align_corners=False`: u = (2x + 1) / W - 1, so
-    x = -0.5 and x = W - 0.5 are the image borders for any map resolution.
+    Pixel centre = integer coordinate at every resolution, i.e. the `grid_sample`
+    convention with `align_corners=False`: x_map = (x + 0.5) * w / W - 0.5 (map cell j
+    covers image pixels [j W/w - 0.5, (j + 1) W/w - 0.5]).
     """
-    h, w = image_hw
-    scale = points.new_tensor([2.0 / w, 2.0 / h])
-    return ((points + 0.5) * scale - 1.0)[:, :, None]
+    (h, w), (hm, wm) = image_hw, map_hw
+    scale = points.new_tensor([wm / w, hm / h])
+    return (points + 0.5) * scale - 0.5
+
+
+def bilinear_sample(maps: torch.Tensor, points: torch.Tensor,
+                    image_hw: tuple[int, int]) -> torch.Tensor:
+    """Bilinear values of `maps` [B, C, h, w] at image points [B, N, 2] -> [B, N, C] float32.
+
+    Identical to `grid_sample(mode="bilinear", padding_mode="border", align_corners=False)`
+    at `u = (2x + 1) / W - 1`, but gathers only the 4 neighbours of each point in the map's
+    own dtype and layout (no full-map float32 copy of a bfloat16 map) and interpolates in
+    float32. Differentiable with respect to `maps`.
+    """
+    b, c, hm, wm = maps.shape
+    xy = points_to_map(points.float(), image_hw, (hm, wm))
+    # border padding = clamp the sampling position into the map
+    x = xy[..., 0].clamp(0, wm - 1)
+    y = xy[..., 1].clamp(0, hm - 1)
+    x0, y0 = x.floor(), y.floor()
+    wx, wy = (x - x0)[..., None], (y - y0)[..., None]
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=wm - 1), (y0 + 1).clamp(max=hm - 1)
+    rows = maps.permute(0, 2, 3, 1).reshape(b * hm * wm, c)  # a view for channels-last maps
+    # one row gather of the 4 neighbours ([B, 4, N] -> [B, 4, N, C]); index_select is ~10x
+    # faster than advanced indexing on CPU
+    index = torch.stack([y0 * wm + x0, y0 * wm + x1, y1 * wm + x0, y1 * wm + x1], 1)
+    index = index + (torch.arange(b, device=maps.device) * (hm * wm))[:, None, None]
+    values = rows.index_select(0, index.reshape(-1)).reshape(*index.shape, c)
+    v00, v01, v10, v11 = values.float().unbind(1)
+    top = v00 + (v01 - v00) * wx
+    bottom = v10 + (v11 - v10) * wx
+    return top + (bottom - top) * wy
 
 
 def sample_descriptors(
@@ -392,26 +478,23 @@ def sample_descriptors(
         desc_map: [B, D, h, w] raw descriptors Draw (any resolution, typically H/4).
         weight_map: [B, 1, h', w'] descriptor weights Wmap.
         points: [B, N, 2] (x, y) in pixels of the H x W network input (pixel centres at
-            integers; see `points_to_grid`).
+            integers; see `points_to_map`).
         image_hw: (H, W) of the network input.
     Returns:
-        unit_desc [B, N, D] float32 (L2-normalised; eps 1e-8) and weights [B, N]. The published
-        descriptor is `unit_desc * weights[..., None]` (norm = weight).
+        unit_desc [B, N, D] float32 (L2-normalised; eps 1e-8) and weights [B, N] float32.
+        The published descriptor is `unit_desc * weights[..., None]` (norm = weight).
     Both maps use border padding (the official training sampler), so points slightly
     outside the image get the values of the nearest border cell.
     """
-    # Always float32: a bfloat16 grid would be off by up to ~1 px at 640 px.
-    grid = points_to_grid(points.float(), image_hw)
-    desc = F.grid_sample(desc_map.float(), grid, mode="bilinear", padding_mode="border",
-                         align_corners=False)[..., 0].transpose(1, 2)
-    desc = F.normalize(desc, p=2, dim=-1, eps=1e-8)
-    weights = F.grid_sample(weight_map.float(), grid, mode="bilinear",
-                            padding_mode="border", align_corners=False)[:, 0, :, 0]
+    desc = F.normalize(bilinear_sample(desc_map, points, image_hw), p=2, dim=-1, eps=1e-8)
+    weights = bilinear_sample(weight_map, points, image_hw)[..., 0]
     return desc, weights
 
 
 def max_pool_same(scores: torch.Tensor, radius: int) -> torch.Tensor:
-    """Max over the (2r+1)^2 window around each pixel (-inf outside), [B, H, W] -> same.
+    """Max over the (2r+1)^2 window around each pixel, [B, H, W] -> same.
+
+    Outside the map counts as -inf (0 for integer masks, i.e. a dilation).
 
     Exactly `F.max_pool2d(x, 2r+1, 1, r)` but computed as separable 1-D maxima by doubling
     the window (O(log r) elementwise ops per axis): about 100x faster on CPU for r = 4.
@@ -419,7 +502,8 @@ def max_pool_same(scores: torch.Tensor, radius: int) -> torch.Tensor:
     if radius <= 0:
         return scores
     size = 2 * radius + 1
-    out = F.pad(scores, (radius, radius, radius, radius), value=float("-inf"))
+    low = float("-inf") if scores.is_floating_point() else 0  # bool / uint8 masks: 0
+    out = F.pad(scores, (radius, radius, radius, radius), value=low)
     for dim in (-1, -2):
         span = 1  # out[i] = max(padded[i : i + span]) along dim
         while 2 * span <= size:
@@ -449,7 +533,7 @@ def simple_nms(scores: torch.Tensor, radius: int, iterations: int = 2,
         keep &= scores >= threshold
     neg_inf = torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device)
     for _ in range(iterations):
-        suppressed = max_pool_same(keep.to(scores.dtype), radius) > 0
+        suppressed = max_pool_same(keep.to(torch.uint8), radius).bool()  # dilation
         rest = torch.where(suppressed, neg_inf, scores)
         new = (rest == max_pool_same(rest, radius)) & ~suppressed
         if threshold is not None:
