@@ -56,6 +56,10 @@ _REGISTRY: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     "extractor": {
         "sift": ("featloc.features.sift:SIFT", {}),
         "rootsift": ("featloc.features.sift:SIFT", {"rootsift": True}),
+        # Localization preset: a 4x lower contrast threshold (COLMAP's SIFT peak threshold is
+        # about 2x lower than OpenCV's default) keeps keypoints in dim or low-contrast images
+        # (evening / night queries); the strongest 2048 are kept.
+        "rootsift-loc": ("featloc.features.sift:SIFT", {"rootsift": True, "contrast_threshold": 0.01}),
         "orb": ("featloc.features.orb:ORB", {}),
         "samfeat": ("featloc.features.samfeat:SAMFeat", {"arch": "vgg"}),
         "samfeat-lite": ("featloc.features.samfeat:SAMFeat", {"arch": "lite"}),
@@ -64,6 +68,11 @@ _REGISTRY: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "nn": ("featloc.matching.nn:NearestNeighborMatcher", {}),
         "nn-ratio": ("featloc.matching.nn:NearestNeighborMatcher", {"ratio_thresh": 0.8}),
         "nn-dot": ("featloc.matching.nn:NearestNeighborMatcher", {"metric": "dot"}),
+    },
+    # Global (image-level) descriptors for retrieval, featloc/loc/retrieval.py.
+    "global": {
+        "vlad": ("featloc.loc.retrieval:VLAD", {}),
+        "gradhist": ("featloc.loc.retrieval:GradientHistogram", {}),
     },
 }
 

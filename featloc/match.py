@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import OrderedDict
+from contextlib import nullcontext
 from pathlib import Path
 
 from .batch import BatchReport, digest
@@ -41,39 +42,47 @@ def run_match(
     matcher: str = "nn",
     conf: dict | None = None,
     overwrite: bool = False,
+    features_ref: str | Path | None = None,
 ) -> BatchReport:
     """Match every pair of `pairs` (a pairs file or a list) with features from `features`.
 
     A pair already stored (in either order) with the same matcher configuration and the same
     features is skipped unless `overwrite`. Pairs naming an image missing from the feature
-    file are reported and skipped.
+    file are reported and skipped. With `features_ref` (hloc's `features_ref`), the second
+    image of every pair is read from that file instead (e.g. queries in `features`, database
+    images in `features_ref`), and pairs are stored in the (name0, name1) order.
     """
     model = build("matcher", matcher, **(conf or {}))
     resolved = {"name": matcher, **dataclasses.asdict(model.conf)}
     conf_digest = digest(resolved)
     pair_list = read_pairs(pairs) if isinstance(pairs, str | Path) else list(pairs)
     report = BatchReport(f"match {matcher}")
+    extra = {} if features_ref is None else {"features_ref": str(features_ref)}
     with FeatureStore(features, "r") as fstore, MatchStore(
-        output, "a", attrs=conf_attrs(resolved, features=str(features))
-    ) as mstore:
+        output, "a", attrs=conf_attrs(resolved, features=str(features), **extra)
+    ) as mstore, (
+        FeatureStore(features_ref, "r") if features_ref is not None else nullcontext(fstore)
+    ) as rstore:
         cache = _FeatureCache(fstore)
+        rcache = cache if rstore is fstore else _FeatureCache(rstore)
         for name0, name1 in track(pair_list, desc=f"match {matcher}"):
-            missing = [n for n in (name0, name1) if n not in fstore]
+            missing = [n for s, n in ((fstore, name0), (rstore, name1)) if n not in s]
             if missing:
-                report.fail(f"{name0} {name1}", f"{features}: no features for {', '.join(missing)}")
+                where = features if features_ref is None else f"{features} | {features_ref}"
+                report.fail(f"{name0} {name1}", f"{where}: no features for {', '.join(missing)}")
                 continue
             entry_digest = digest(
                 conf_digest,
                 fstore.entry_attrs(name0).get("digest"),
-                fstore.entry_attrs(name1).get("digest"),
+                rstore.entry_attrs(name1).get("digest"),
             )
             found = mstore.find_pair(name0, name1)
             if found and not overwrite and mstore.entry_attrs(found[0]).get("digest") == entry_digest:
                 report.skipped += 1
                 continue
-            if found and found[1]:
+            if found and found[1] and rstore is fstore:
                 name0, name1 = name1, name0  # replace the stored orientation in place
-            matches = model.match(cache.get(name0), cache.get(name1))
+            matches = model.match(cache.get(name0), rcache.get(name1))
             mstore.write(name0, name1, matches, attrs={"digest": entry_digest})
             report.done += 1
     report.log_summary()

@@ -182,3 +182,25 @@ class TwoViewEstimate:
     @property
     def num_inliers(self) -> int:
         return int(np.count_nonzero(self.inliers))
+
+
+@dataclass
+class LocResult:
+    """Result of localizing one query image against a 3D map (6-DoF).
+
+    Attributes:
+        cam_from_world: the estimated `featloc.geometry.Pose` (world to camera); identity
+            when `localized` is False.
+        num_inliers: PnP inliers among the 2D-3D correspondences.
+        inlier_mask: [K] bool over the K 2D-3D correspondences given to the solver.
+        db_names: the database images whose matches gave the correspondences.
+        localized: False when no pose was found (too few correspondences or inliers).
+        info: details (solver, threshold, correspondence counts, fallback, reason, ...).
+    """
+
+    cam_from_world: Any
+    num_inliers: int
+    inlier_mask: np.ndarray
+    db_names: list[str]
+    localized: bool
+    info: dict = field(default_factory=dict)

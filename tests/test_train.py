@@ -335,6 +335,18 @@ def test_signal_stops_at_a_step_boundary_and_resume_is_exact(straight_run, image
         assert torch.equal(resumed[key], straight[key]), key
 
 
+def test_loader_workers_give_the_same_training(straight_run, image_dir, tmp_path):
+    """Per-item seeding: a spawned DataLoader worker yields the very same batches."""
+    from featloc.train.trainer import train
+
+    shutil.copytree(straight_run / "cache", tmp_path / "cache")
+    train(SMOKE, _overrides(image_dir, tmp_path, "train.num_workers=1", "train.steps=5"))
+    with_worker = _params(tmp_path / "run" / "ckpt_00000005.pt")
+    straight = _params(straight_run / "run" / "ckpt_00000005.pt")
+    for key in straight:
+        assert torch.equal(with_worker[key], straight[key]), key
+
+
 def test_fresh_run_refuses_existing_checkpoints(straight_run, image_dir, tmp_path):
     from featloc.train.trainer import train
 

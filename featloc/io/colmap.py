@@ -31,10 +31,25 @@ logger = logging.getLogger(__name__)
 # COLMAP's pixel origin is the corner of the top-left pixel; ours is its centre.
 COLMAP_PIXEL_SHIFT = 0.5
 INVALID_POINT3D_ID = -1
+# A stored rotation quaternion whose norm is further than this from 1 is not a rotation (a
+# hand-edited or corrupt file); COLMAP itself normalises silently, strict readers refuse it.
+QUATERNION_NORM_TOL = 1e-3
 
 
 class ColmapFormatError(ValueError):
     """A COLMAP text file is malformed. The message names the file and line."""
+
+
+def check_rotation_quaternion(qvec, where: str) -> None:
+    """Raise ValueError naming `where` unless (qw, qx, qy, qz) is a unit quaternion (within
+    `QUATERNION_NORM_TOL`), i.e. a rotation as stored by COLMAP and kapture."""
+    q = np.asarray(qvec, np.float64).reshape(-1)
+    norm = float(np.linalg.norm(q)) if q.size == 4 and np.isfinite(q).all() else float("nan")
+    if not abs(norm - 1.0) <= QUATERNION_NORM_TOL:
+        raise ValueError(
+            f"{where}: the pose is not a rotation (quaternion {q.tolist()} has norm {norm:.6g}, "
+            f"expected 1 within {QUATERNION_NORM_TOL:g})"
+        )
 
 
 def to_colmap_pixels(points: np.ndarray) -> np.ndarray:
@@ -203,7 +218,9 @@ def write_cameras_text(cameras: Mapping[int, ColmapCamera], path: str | Path) ->
     return path
 
 
-def read_images_text(path: str | Path) -> dict[int, ColmapImage]:
+def read_images_text(path: str | Path, strict_rotations: bool = False) -> dict[int, ColmapImage]:
+    """Read images.txt. With `strict_rotations`, a quaternion that is not of unit norm is an
+    error naming the file, line and image (by default it is normalised, as COLMAP does)."""
     path = Path(path)
     images = {}
     lines = list(_data_lines(path))
@@ -224,6 +241,11 @@ def read_images_text(path: str | Path) -> dict[int, ColmapImage]:
                 f"{path}:{lineno}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME', "
                 f"got {line[:80]!r}"
             ) from None
+        if strict_rotations:
+            try:
+                check_rotation_quaternion(qt[:4], f"{path}:{lineno}: image {name!r}")
+            except ValueError as exc:
+                raise ColmapFormatError(str(exc)) from None
         points_line = lines[i + 1][1] if i + 1 < len(lines) else ""
         values = points_line.split()
         if len(values) % 3:
@@ -307,8 +329,9 @@ def write_points3D_text(points: Mapping[int, ColmapPoint3D], path: str | Path) -
     return path
 
 
-def read_model(path: str | Path) -> ColmapModel:
-    """Read cameras.txt, images.txt and (if present) points3D.txt from a folder."""
+def read_model(path: str | Path, strict_rotations: bool = False) -> ColmapModel:
+    """Read cameras.txt, images.txt and (if present) points3D.txt from a folder
+    (`strict_rotations`: see `read_images_text`)."""
     path = Path(path)
     for required in ("cameras.txt", "images.txt"):
         if not (path / required).is_file():
@@ -316,7 +339,7 @@ def read_model(path: str | Path) -> ColmapModel:
     points = path / "points3D.txt"
     return ColmapModel(
         read_cameras_text(path / "cameras.txt"),
-        read_images_text(path / "images.txt"),
+        read_images_text(path / "images.txt", strict_rotations),
         read_points3D_text(points) if points.is_file() else {},
     )
 
@@ -385,4 +408,48 @@ def read_poses(path: str | Path) -> dict[str, Pose]:
 def write_poses(path: str | Path, poses: Mapping[str, Pose]) -> Path:
     path = Path(path)
     _write_text(path, "".join(format_pose_line(n, p) + "\n" for n, p in poses.items()))
+    return path
+
+
+# -- query lists -----------------------------------------------------------------------------
+def read_query_list(path: str | Path) -> dict[str, ColmapCamera]:
+    """hloc's query list with intrinsics: one `name MODEL WIDTH HEIGHT PARAMS[]` per line
+    (COLMAP camera models and pixel convention; '#' comments). Returns cameras by name."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: query list not found")
+    cameras: dict[str, ColmapCamera] = {}
+    for lineno, line in _data_lines(path):
+        tokens = line.split()
+        if not tokens:
+            continue
+        try:
+            name, model = tokens[0], tokens[1]
+            width, height = int(tokens[2]), int(tokens[3])
+            params = [float(v) for v in tokens[4:]]
+        except (ValueError, IndexError):
+            raise ColmapFormatError(
+                f"{path}:{lineno}: expected 'NAME MODEL WIDTH HEIGHT PARAMS[]', got {line[:80]!r}"
+            ) from None
+        if model in CAMERA_MODELS and len(params) != len(CAMERA_MODELS[model]):
+            raise ColmapFormatError(
+                f"{path}:{lineno}: {model} takes {len(CAMERA_MODELS[model])} params, got {len(params)}"
+            )
+        if name in cameras:
+            raise ColmapFormatError(f"{path}:{lineno}: {name} is listed twice")
+        cameras[name] = ColmapCamera(len(cameras) + 1, model, width, height, params)
+    if not cameras:
+        raise ColmapFormatError(f"{path}: the query list is empty")
+    return cameras
+
+
+def write_query_list(path: str | Path, cameras: Mapping[str, Camera]) -> Path:
+    """Write `name MODEL WIDTH HEIGHT PARAMS[]` lines (COLMAP convention) for `Camera`s."""
+    lines = []
+    for name, camera in cameras.items():
+        cam = camera_to_colmap(camera)
+        lines.append(f"{name} {cam.model} {cam.width} {cam.height} "
+                     + " ".join(_fmt(v) for v in cam.params))
+    path = Path(path)
+    _write_text(path, "\n".join(lines) + "\n")
     return path

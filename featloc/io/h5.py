@@ -330,6 +330,23 @@ class MatchStore(_AtomicH5):
         return Matches.from_indices(idx, stored.scores(), num_keypoints0)
 
 
+class GlobalStore(_AtomicH5):
+    """One global (image-level) descriptor per image name: dataset `global_descriptor` [D]
+    float32 (hloc's retrieval layout)."""
+
+    leaf_key = "global_descriptor"
+
+    def write(self, name: str, descriptor: np.ndarray, attrs: dict | None = None) -> None:
+        self._put(name, {"global_descriptor": np.asarray(descriptor, np.float32).reshape(-1)}, attrs)
+
+    def read(self, name: str) -> np.ndarray:
+        try:
+            g = self._group(name)
+        except KeyError:
+            raise KeyError(f"{self.path}: no global descriptor for image {name!r}") from None
+        return np.asarray(g["global_descriptor"], np.float32).reshape(-1)
+
+
 def conf_attrs(conf: dict, **extra) -> dict:
     """File attributes recording how a file was made."""
     from .. import __version__

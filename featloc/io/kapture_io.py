@@ -5,6 +5,8 @@ Layout written by `write_kapture(root, ...)`:
     root/sensors/trajectories.txt     timestamp, device_id, qw qx qy qz tx ty tz (cam_from_world)
     root/sensors/records_camera.txt   timestamp, device_id, image path
     root/sensors/records_data/        the images (a symlink to the image folder when possible)
+`read_kapture` also reads rigs (sensors/rigs.txt: trajectories given per rig are composed
+with the rig's sensor poses) and validates the stored rotations.
 Camera parameters are written in COLMAP's pixel convention, converted by `featloc.io.colmap`.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..geometry.camera import Camera
@@ -66,23 +69,91 @@ def write_kapture(
     return root
 
 
-def read_kapture_poses(root: str | Path) -> tuple[dict[str, Camera], dict[str, Pose]]:
-    """(cameras, cam_from_world poses) per image name of a kapture folder (the camera
-    models of `featloc.geometry.camera` only)."""
+@dataclass
+class KaptureImages:
+    """The camera images of a kapture folder.
+
+    Attributes:
+        image_dir: root of the image names (sensors/records_data).
+        cameras: `Camera` (project pixel convention) per image name.
+        poses: cam_from_world per image name, for the images that have one (rig poses are
+            composed with the rig's sensor poses).
+        names: every image name, in record order.
+    """
+
+    image_dir: Path
+    cameras: dict[str, Camera]
+    poses: dict[str, Pose]
+    names: list[str] = field(default_factory=list)
+
+
+def _camera_of(sensor, where: str) -> Camera:
+    from .colmap import ColmapCamera, camera_from_colmap
+
+    params = [float(v) for v in sensor.camera_params]
+    model = sensor.camera_type.value if hasattr(sensor.camera_type, "value") else str(sensor.camera_type)
+    try:
+        return camera_from_colmap(ColmapCamera(0, model, int(params[0]), int(params[1]), params[2:]))
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def read_kapture(root: str | Path, strict_rotations: bool = True) -> KaptureImages:
+    """Cameras and cam_from_world poses of the camera records of a kapture folder.
+
+    Rigs (sensors/rigs.txt) are supported: a trajectory given for a rig is composed with the
+    rig's sensor poses (`kapture.rigs_remove_inplace`). With `strict_rotations`, a stored
+    quaternion (trajectory or rig) that is not of unit norm is an error naming the file and
+    the image (kapture keeps such quaternions as written). Camera models: those of
+    `featloc.geometry.camera`.
+    """
     import kapture
     from kapture.io.csv import kapture_from_dir
 
-    from .colmap import ColmapCamera, camera_from_colmap
+    from .colmap import check_rotation_quaternion
 
+    root = Path(root)
+    sensors_dir = root / "sensors"
+    if not (sensors_dir / "sensors.txt").is_file():
+        raise FileNotFoundError(f"{root}: no sensors/sensors.txt (a kapture folder is expected)")
     data = kapture_from_dir(str(root))
-    cameras, poses = {}, {}
-    for timestamp, sensor, name in kapture.flatten(data.records_camera):
-        cam = data.sensors[sensor]
-        params = [float(v) for v in cam.camera_params]
-        model = cam.camera_type.value if hasattr(cam.camera_type, "value") else str(cam.camera_type)
-        cameras[name] = camera_from_colmap(
-            ColmapCamera(0, model, int(params[0]), int(params[1]), params[2:])
-        )
-        pose = data.trajectories[timestamp, sensor]
-        poses[name] = Pose.from_qt(pose.r_raw, pose.t_raw)
-    return cameras, poses
+    if data.records_camera is None or data.sensors is None:
+        raise ValueError(f"{root}: no camera records (sensors/records_camera.txt)")
+    records = list(kapture.flatten(data.records_camera))
+    names_at: dict[tuple, list[str]] = {}
+    for timestamp, sensor, name in records:
+        names_at.setdefault((timestamp, sensor), []).append(name)
+    rigs = data.rigs if data.rigs is not None else kapture.Rigs()
+    trajectories = data.trajectories
+    if strict_rotations and trajectories is not None:
+        for timestamp, device, pose in kapture.flatten(trajectories):
+            names = names_at.get((timestamp, device)) or [
+                n for sid in rigs.get(device, {}) for n in names_at.get((timestamp, sid), [])
+            ]
+            what = f"image {names[0]!r}" if names else f"device {device!r}"
+            check_rotation_quaternion(
+                pose.r_raw, f"{sensors_dir / 'trajectories.txt'}: timestamp {timestamp}, {what}"
+            )
+        for rig_id, sensor_id, pose in kapture.flatten(rigs):
+            check_rotation_quaternion(
+                pose.r_raw, f"{sensors_dir / 'rigs.txt'}: rig {rig_id!r}, sensor {sensor_id!r}"
+            )
+    if trajectories is not None and len(rigs):
+        trajectories = kapture.rigs_remove(trajectories, rigs)
+    cameras, poses, names = {}, {}, []
+    for timestamp, sensor, name in records:
+        if name in cameras:
+            raise ValueError(f"{sensors_dir / 'records_camera.txt'}: image {name!r} recorded twice")
+        cameras[name] = _camera_of(data.sensors[sensor], f"{sensors_dir / 'sensors.txt'}: {sensor}")
+        names.append(name)
+        if trajectories is not None and (timestamp, sensor) in trajectories:
+            pose = trajectories[timestamp, sensor]
+            poses[name] = Pose.from_qt(pose.r_raw, pose.t_raw)
+    return KaptureImages(sensors_dir / "records_data", cameras, poses, names)
+
+
+def read_kapture_poses(root: str | Path) -> tuple[dict[str, Camera], dict[str, Pose]]:
+    """(cameras, cam_from_world poses) per image name of a kapture folder (the camera
+    models of `featloc.geometry.camera` only; rigs composed, see `read_kapture`)."""
+    data = read_kapture(root, strict_rotations=False)
+    return data.cameras, data.poses

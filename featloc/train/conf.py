@@ -49,8 +49,9 @@ class TrainConf:
         for key, allowed in checks.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"train.{key} must be one of {allowed}, got {getattr(self, key)!r}")
-        if self.batch_size < 1:
-            raise ValueError("train.batch_size must be >= 1")
+        for key in ("batch_size", "log_interval", "ckpt_interval"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
 
 
 def _schema(task_module) -> type:

@@ -67,14 +67,19 @@ def _worker_init(_):
     torch.set_num_threads(1)
 
 
-def make_loader(dataset, conf, epoch: int, start_batch: int) -> DataLoader:
-    """The batches of one epoch from `start_batch` on (this rank's share under DDP)."""
-    sampler = EpochSampler(len(dataset), conf.train.batch_size, conf.train.seed, epoch,
-                           start_batch, dist.rank(), dist.world_size())
+def make_loader(dataset, conf) -> DataLoader:
+    """One loader for the whole run; `loader.sampler.set_epoch(epoch, start_batch)` selects
+    the batches of an epoch (this rank's share under DDP). Workers are spawned, not forked:
+    OpenCV's thread pool (used while building the caches) does not survive a fork, and they
+    persist across epochs, so they start once."""
+    sampler = EpochSampler(len(dataset), conf.train.batch_size, conf.train.seed,
+                           rank=dist.rank(), world_size=dist.world_size())
+    workers = conf.train.num_workers
     return DataLoader(dataset, batch_size=conf.train.batch_size, sampler=sampler,
-                      num_workers=conf.train.num_workers, drop_last=True,
-                      worker_init_fn=_worker_init if conf.train.num_workers else None,
-                      pin_memory=torch.cuda.is_available())
+                      num_workers=workers, drop_last=True,
+                      worker_init_fn=_worker_init if workers else None,
+                      multiprocessing_context="spawn" if workers else None,
+                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 
 class StopRequest:

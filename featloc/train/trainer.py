@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 def train(config_path: str | Path | None, overrides: list[str] | None = None,
           resume: bool = False, export_only: bool = False) -> Path:
     """Train (or resume, or only export) the run described by the config; returns the output
-    folder."""
+    folder. With train.num_workers > 0 the loader spawns processes: call this from a script
+    under `if __name__ == "__main__":`."""
     conf = load_config(config_path, overrides)
     task, out = get_task(conf.task), Path(conf.train.output_dir)
     device = resolve_device(conf.train.device)
@@ -102,9 +103,11 @@ def train(config_path: str | Path | None, overrides: list[str] | None = None,
                 "world_size": dist.world_size()}, conf.train.keep_last_k)
 
     meter, bar, tic, logged = Meter(), progress_bar(total, step), time.perf_counter(), step
+    loader = make_loader(dataset, conf)
     with StopRequest() as stop, bar:
         while step < total:
-            for batch in make_loader(dataset, conf, epoch, batch_in_epoch):
+            loader.sampler.set_epoch(epoch, batch_in_epoch)
+            for batch in loader:
                 meter.update(train_step(model, batch, task, conf, optimizer, scaler, device, step))
                 scheduler.step()
                 step, batch_in_epoch = step + 1, batch_in_epoch + 1

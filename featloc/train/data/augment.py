@@ -40,7 +40,7 @@ class PhotometricConf:
 
 
 def gaussian_noise(image: np.ndarray, rng: np.random.Generator, std: float) -> np.ndarray:
-    return image + rng.normal(0.0, std, image.shape).astype(np.float32)
+    return image + np.float32(std) * rng.standard_normal(image.shape, dtype=np.float32)
 
 
 def salt_and_pepper(image: np.ndarray, rng: np.random.Generator, max_prob: float) -> np.ndarray:

@@ -88,9 +88,9 @@ def grid_points(size: int, grid: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def not_search_matrix(points1: np.ndarray, valid: np.ndarray, radius: float) -> np.ndarray:
-    p = np.where(np.isfinite(points1), points1, 1e9).astype(np.float64)
-    dist = np.linalg.norm(p[:, None] - p[None], axis=-1)
-    return (dist <= radius) | ~valid[None, :]
+    p = np.where(np.isfinite(points1), points1, 1e6).astype(np.float32)
+    d2 = np.square(p[:, None, 0] - p[None, :, 0]) + np.square(p[:, None, 1] - p[None, :, 1])
+    return (d2 <= radius * radius) | ~valid[None, :]
 
 
 class HomographyPairs(Dataset):

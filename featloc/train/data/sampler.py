@@ -20,6 +20,11 @@ class EpochSampler(Sampler):
         self.epoch, self.start_batch = epoch, start_batch
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
 
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select an epoch's order and the first batch to yield (the sampler runs in the main
+        process, so this also steers persistent DataLoader workers)."""
+        self.epoch, self.start_batch = epoch, start_batch
+
     @staticmethod
     def batches_per_epoch(length: int, batch_size: int, world_size: int = 1) -> int:
         return length // (batch_size * world_size)

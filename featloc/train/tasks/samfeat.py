@@ -10,7 +10,6 @@ wsc (semantic-group contrastive), edge (MSE). Every term is logged.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -25,12 +24,11 @@ from ..data.cache import build_image_cache
 from ..data.pairs import HomographyPairs, PairsConf
 from ..data.targets import build_teacher_targets
 from ..labels import build_labels
-from ..validate import ValConf, evaluate_hpatches, list_sequences
+from ..validate import ValConf, evaluate_hpatches, list_sequences  # noqa: F401 (schema)
 
-logger = logging.getLogger(__name__)
-
+# Schemas of the config sections model, data, losses and val (read by featloc.train.conf):
+# ModelConf and LossConf below, DataConf = PairsConf, ValConf from featloc.train.validate.
 DataConf = PairsConf
-ValConf = ValConf
 
 
 @dataclass(frozen=True)

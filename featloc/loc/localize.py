@@ -1,0 +1,292 @@
+"""Step: 6-DoF poses of query images against a map built by `featloc.loc.sfm.run_map`
+(hloc's localize_sfm, methods.md 6.4 steps 5-9).
+
+Per query: retrieve the top `num_loc` database images (global descriptors, faiss), match the
+query to each (the map's features and matcher, cached HDF5 files), gather 2D-3D
+correspondences (query keypoint -> database keypoint -> 3D point id; duplicates removed per
+keypoint, one keypoint may link to several points), then P3P LO-RANSAC (12 px by default)
+and non-linear refinement with the query's known intrinsics
+(`pycolmap_api.estimate_absolute_pose`). The result is a `featloc.types.LocResult`.
+
+Outputs: `poses.txt` with `name qw qx qy qz tx ty tz` (cam_from_world; names as under the
+query folder) for localized queries; each query without a pose is written as a comment
+line `# unlocalized: name (reason)` and listed in the JSON log `<output stem>.log.json`.
+`fallback="retrieval"` (off by default) gives an unlocalized query the pose of its top
+retrieved database image; such queries are counted separately and flagged in the log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import build, make_conf
+from ..eval.report import write_json
+from ..geometry.camera import Camera
+from ..geometry.pose import Pose
+from ..io import pycolmap_api
+from ..io.colmap import ColmapCamera, camera_to_colmap, format_pose_line, to_colmap_pixels
+from ..io.h5 import FeatureStore, MatchStore
+from ..progress import track
+from ..types import Features, LocResult, Matches
+from .cache import extract_features, match_pairs, matches_file
+from .retrieval import GlobalIndex, IndexConf, build_global, compute_global, read_global, retrieve
+from .sfm import LoadedMap, MapError, check_map_features, load_map
+
+logger = logging.getLogger(__name__)
+
+FALLBACKS = ("none", "retrieval")
+
+
+@dataclass(frozen=True)
+class LocConf:
+    num_loc: int = 10  # retrieved database images per query (hloc Aachen: 50)
+    ransac_max_error_px: float = 12.0  # PnP RANSAC reprojection threshold (hloc: 12 px)
+    min_inliers: int = 12  # fewer PnP inliers: not localized
+    refine: bool = True  # non-linear refinement of the RANSAC pose on its inliers
+    fallback: str = "none"  # none | retrieval (pose of the top retrieved image, flagged)
+    index: str = "flat"  # faiss index: flat | ivf | hnsw
+    seed: int = 0  # RANSAC seed
+
+    def __post_init__(self):
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
+        if self.num_loc < 1:
+            raise ValueError(f"num_loc must be >= 1, got {self.num_loc}")
+
+
+def _as_colmap_camera(camera: Camera | ColmapCamera) -> ColmapCamera:
+    return camera if isinstance(camera, ColmapCamera) else camera_to_colmap(camera)
+
+
+def gather_correspondences(
+    loaded: LoadedMap, matches: Mapping[str, Matches]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """2D-3D correspondences from query-to-database matches.
+
+    Returns [K] query keypoint indices, [K] 3D point rows (of `loaded.points_xyz`), and the
+    database images that contributed.
+    """
+    kp, rows, used = [], [], []
+    for name, m in matches.items():
+        ids = loaded.point3D_ids.get(name)
+        if ids is None:
+            continue
+        idx = m.indices()
+        if not len(idx):
+            continue
+        pid = ids[idx[:, 1]]
+        ok = pid >= 0
+        if ok.any():
+            used.append(name)
+            kp.append(idx[ok, 0])
+            rows.append(np.array([loaded.point_rows[int(p)] for p in pid[ok]], np.int64))
+    if not kp:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), []
+    pairs = np.unique(np.stack([np.concatenate(kp), np.concatenate(rows)], 1), axis=0)
+    return pairs[:, 0], pairs[:, 1], used
+
+
+def localize_from_matches(
+    loaded: LoadedMap,
+    query_features: Features,
+    camera: Camera | ColmapCamera,
+    matches: Mapping[str, Matches],
+    conf: LocConf | None = None,
+) -> LocResult:
+    """Absolute pose of one query from its matches to database images (by name)."""
+    conf = conf or LocConf()
+    kp, rows, used = gather_correspondences(loaded, matches)
+    info = {"num_correspondences": int(len(kp)), "num_db_with_points": len(used),
+            "ransac_max_error_px": conf.ransac_max_error_px}
+    if len(kp) < max(4, conf.min_inliers):
+        return LocResult(Pose.identity(), 0, np.zeros(len(kp), bool), used, False,
+                         {**info, "reason": f"{len(kp)} 2D-3D correspondences"})
+    result = pycolmap_api.estimate_absolute_pose(
+        to_colmap_pixels(query_features.keypoints[kp]), loaded.points_xyz[rows],
+        _as_colmap_camera(camera), conf.ransac_max_error_px, seed=conf.seed, refine=conf.refine)
+    if result is None:
+        return LocResult(Pose.identity(), 0, np.zeros(len(kp), bool), used, False,
+                         {**info, "reason": "PnP RANSAC found no pose"})
+    if result["num_inliers"] < conf.min_inliers:
+        return LocResult(Pose.identity(), result["num_inliers"], result["inlier_mask"], used, False,
+                         {**info, "reason": f"{result['num_inliers']} PnP inliers (< {conf.min_inliers})"})
+    return LocResult(result["cam_from_world"], result["num_inliers"], result["inlier_mask"], used,
+                     True, info)
+
+
+class Localizer:
+    """In-memory localization of single images against a loaded map (notebooks, timing).
+
+    `localize_image(image, camera)` runs every stage (features, global descriptor, faiss
+    search, matching against the top `num_loc`, PnP) and records per-stage seconds in
+    `result.info["timings"]`. Batch work with caching is `run_localize`.
+    """
+
+    def __init__(self, map_dir: str | Path, conf: LocConf | dict | None = None,
+                 index_descriptors: np.ndarray | None = None, index_names: Sequence[str] | None = None):
+        self.conf = conf if isinstance(conf, LocConf) else make_conf(LocConf, conf)
+        self.map = load_map(map_dir)
+        info = self.map.info
+        self.extractor = build("extractor", info["features"], **info["extractor_conf"])
+        self.matcher = build("matcher", info["matcher"], **info["matcher_conf"])
+        self.global_model = build_global(info["global"], info["global_conf"])
+        if self.global_model.needs_fit:
+            self.global_model.load_state(dict(np.load(self.map.global_state)))
+        self.local_for_global = None
+        if self.global_model.input == "local_features":
+            name, lconf = self.global_model.local_features()
+            same = name == info["features"] and not lconf and not info["extractor_conf"]
+            self.local_for_global = None if same else build("extractor", name, **lconf)
+        names = [n for n in info["global_names"] if n in self.map.point3D_ids]
+        if index_descriptors is None:
+            index_descriptors, index_names = read_global(self.map.global_path, names), names
+        self.index = GlobalIndex(index_descriptors, index_names, IndexConf(kind=self.conf.index))
+        with FeatureStore(self.map.features_path, "r") as fstore:
+            self.db_features = {n: fstore.read(n) for n in names}
+
+    def localize_image(self, image: np.ndarray, camera: Camera | ColmapCamera) -> LocResult:
+        timings = {}
+        tic = time.perf_counter()
+        feats = self.extractor.extract(image)
+        timings["extract_s"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        if self.global_model.input == "local_features":
+            local = feats if self.local_for_global is None else self.local_for_global.extract(image)
+            gdesc = self.global_model.describe(features=local)
+        else:
+            gdesc = self.global_model.describe(image=image)
+        timings["global_s"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        hits = retrieve(gdesc[None], ["query"], self.index, self.conf.num_loc)["query"]
+        timings["retrieval_s"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        matches = {n: self.matcher.match(feats, self.db_features[n]) for n, _ in hits
+                   if n in self.db_features}
+        timings["matching_s"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        result = localize_from_matches(self.map, feats, camera, matches, self.conf)
+        timings["pnp_s"] = time.perf_counter() - tic
+        result.info.update(timings=timings, retrieved=[n for n, _ in hits])
+        return result
+
+
+def run_localize(
+    map_dir: str | Path,
+    query_dir: str | Path,
+    query_cameras: Mapping[str, Camera | ColmapCamera],
+    output: str | Path,
+    work_dir: str | Path | None = None,
+    conf: LocConf | dict | None = None,
+    log: str | Path | None = None,
+) -> tuple[Path, dict[str, LocResult]]:
+    """Localize the queries (names under `query_dir` with their cameras) against a map.
+
+    Writes `output` (poses.txt, see the module doc) and the JSON log (`log`, default
+    `<output stem>.log.json`); features, descriptors and matches are cached in `work_dir`
+    (default `<output stem>-work`). Returns the output path and the results by name.
+    """
+    conf = conf if isinstance(conf, LocConf) else make_conf(LocConf, conf)
+    query_dir, output = Path(query_dir), Path(output)
+    work_dir = Path(work_dir) if work_dir is not None else output.with_name(f"{output.stem}-work")
+    log = Path(log) if log is not None else output.with_name(f"{output.stem}.log.json")
+    tic = time.perf_counter()
+    loaded = load_map(map_dir)
+    info = loaded.info
+    names = list(query_cameras)
+    if not names:
+        raise ValueError("no queries to localize")
+    cameras = {n: _as_colmap_camera(c) for n, c in query_cameras.items()}
+    db_names = [n for n in info["global_names"] if n in loaded.point3D_ids]
+    if not db_names:
+        raise MapError(f"{map_dir}: no database image of the map has a pose")
+    check_map_features(loaded, db_names[:3])
+
+    q_feats, q_report = extract_features(query_dir, work_dir, info["features"],
+                                         info["extractor_conf"], names)
+    q_global = compute_global(query_dir, work_dir, info["global"], info["global_conf"], names,
+                              state=loaded.global_state)
+    index = GlobalIndex(read_global(loaded.global_path, db_names), db_names, IndexConf(kind=conf.index))
+    retrieved = retrieve(read_global(q_global.descriptors, q_global.names), q_global.names, index,
+                         conf.num_loc)
+    pairs = [(q, d) for q, hits in retrieved.items() for d, _ in hits]
+    matches_path = matches_file(work_dir, q_feats, info["matcher"], info["matcher_conf"], "loc")
+    match_pairs(pairs, q_feats, matches_path, info["matcher"], info["matcher_conf"],
+                features_ref=loaded.features_path)
+
+    failed = {**q_report.failures, **q_global.report.failures}
+    results: dict[str, LocResult] = {}
+    records, lines, comments = [], [], []
+    with FeatureStore(q_feats, "r") as qstore, MatchStore(matches_path, "r") as mstore:
+        for name in track(names, desc="localize"):
+            record = {"query": name}
+            if name not in retrieved or name not in qstore:
+                reason = failed.get(name, "no features or global descriptor")
+                result = LocResult(Pose.identity(), 0, np.zeros(0, bool), [], False,
+                                   {"reason": reason, "failed": True})
+            else:
+                fq = qstore.read(name)
+                matches = {d: mstore.read(name, d, len(fq)) for d, _ in retrieved[name]
+                           if mstore.has_pair(name, d)}
+                result = localize_from_matches(loaded, fq, cameras[name], matches, conf)
+                record.update(retrieved=[[d, round(s, 4)] for d, s in retrieved[name]],
+                              num_matches={d: len(m) for d, m in matches.items()})
+                if not result.localized and conf.fallback == "retrieval" and retrieved[name]:
+                    top = retrieved[name][0][0]
+                    result.info["fallback"] = "retrieval"
+                    result.info["fallback_db"] = top
+                    result.cam_from_world = loaded.pose(top)
+            results[name] = result
+            record.update(localized=result.localized, fallback=result.info.get("fallback"),
+                          num_inliers=result.num_inliers, db_names=result.db_names,
+                          **{k: v for k, v in result.info.items() if k not in ("fallback",)})
+            records.append(record)
+            if result.localized or result.info.get("fallback"):
+                lines.append(format_pose_line(name, result.cam_from_world))
+            else:
+                comments.append(f"# unlocalized: {name} ({result.info.get('reason', '')})")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in lines + comments), encoding="utf-8")
+    tmp.replace(output)
+    localized = sum(r.localized for r in results.values())
+    fallback = sum(bool(r.info.get("fallback")) for r in results.values())
+    summary = {"num_queries": len(names), "num_localized": localized, "num_fallback": fallback,
+               "num_unlocalized": len(names) - localized - fallback,
+               "unlocalized": [n for n, r in results.items() if not r.localized and not r.info.get("fallback")],
+               "fallback_queries": [n for n, r in results.items() if r.info.get("fallback")],
+               "seconds": round(time.perf_counter() - tic, 3)}
+    write_json(log, {"step": "localize", "map": str(map_dir), "query_dir": str(query_dir),
+                     "summary": summary, "conf": dataclasses.asdict(conf),
+                     "features": info["features"], "matcher": info["matcher"],
+                     "work_dir": str(work_dir), "queries": records})
+    logger.info("localize: %d/%d localized, %d fallback, %d unlocalized -> %s", localized,
+                len(names), fallback, summary["num_unlocalized"], output)
+    return output, results
+
+
+def read_query_cameras(
+    kapture: str | Path | None = None,
+    query_list: str | Path | None = None,
+    query_dir: str | Path | None = None,
+) -> tuple[Path, dict[str, ColmapCamera]]:
+    """(image folder, cameras by name) of queries given as a kapture folder or as hloc's
+    query list (`name MODEL w h params...`) with the image folder."""
+    if kapture is not None:
+        from ..io.kapture_io import read_kapture
+
+        data = read_kapture(kapture, strict_rotations=False)  # query poses, if any, unused
+        if not data.names:
+            raise ValueError(f"{kapture}: no query images recorded")
+        return data.image_dir, {n: camera_to_colmap(data.cameras[n]) for n in data.names}
+    if query_list is None or query_dir is None:
+        raise ValueError("queries: give a kapture folder, or a query list with its image folder")
+    from ..io.colmap import read_query_list
+
+    return Path(query_dir), read_query_list(query_list)
