@@ -21,7 +21,7 @@ def add_parser(sub, formatter):
         "reuses stored features and matches.",
         formatter_class=formatter,
     )
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--kapture", type=Path, help="kapture folder with poses")
     src.add_argument("--colmap", type=Path, help="COLMAP text model with poses (needs --images)")
     p.add_argument("--images", type=Path, default=None,
