@@ -21,7 +21,6 @@ re-run only recomputes what changed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -41,6 +40,7 @@ from ..io.h5 import FeatureStore, MatchStore
 from ..io.images import IMAGE_EXTENSIONS
 from ..match import run_match
 from ..progress import track
+from .report import load_cached_records, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -208,23 +208,6 @@ def summarize(records: list[dict]) -> dict:
 
 
 # -- the benchmark ---------------------------------------------------------------------
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _load_cached_records(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return {r["digest"]: r for r in data.get("pairs", [])}
-    except (OSError, ValueError, KeyError, TypeError):
-        logger.warning("%s: unreadable, per-pair metrics are recomputed", path)
-        return {}
-
-
 def run_homography_benchmark(
     data_dir: str | Path,
     output_dir: str | Path,
@@ -266,7 +249,7 @@ def run_homography_benchmark(
         feats_path, [(p.name0, p.name1) for p in pairs], matches_path, matcher, matcher_conf
     )
 
-    cached = _load_cached_records(output_dir / RESULTS)
+    cached = load_cached_records(output_dir / RESULTS)
     records, computed, missing = [], 0, []
     with FeatureStore(feats_path, "r") as fstore, MatchStore(matches_path, "r") as mstore:
         for pair in track(pairs, desc="hpatches metrics"):
@@ -318,9 +301,9 @@ def run_homography_benchmark(
             "failed": len(extract_report.failures) + len(match_report.failures),
         },
     }
-    _write_json(output_dir / RESULTS, {"confs": confs, "data_dir": str(data_dir),
+    write_json(output_dir / RESULTS, {"confs": confs, "data_dir": str(data_dir),
                                        "files": summary["files"], "pairs": records})
-    _write_json(output_dir / SUMMARY, summary)
+    write_json(output_dir / SUMMARY, summary)
     table = summaries_to_markdown([summary])
     (output_dir / SUMMARY_MD).write_text(table, encoding="utf-8")
     plot_mma([summary], output_dir / MMA_PLOT)
