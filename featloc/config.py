@@ -68,11 +68,12 @@ _REGISTRY: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "nn": ("featloc.matching.nn:NearestNeighborMatcher", {}),
         "nn-ratio": ("featloc.matching.nn:NearestNeighborMatcher", {"ratio_thresh": 0.8}),
         "nn-dot": ("featloc.matching.nn:NearestNeighborMatcher", {"metric": "dot"}),
-        # Attentional matcher (LightGlue-style), weights featloc/weights/<name>.pt or weights=PATH
+        # Attentional matcher (LightGlue-style): shipped featloc/weights/<name>.pt or weights=PATH
         "attention": ("featloc.matching.attention:AttentionMatcher", {}),
-        "attention-sift": ("featloc.matching.attention:AttentionMatcher", {"name": "attention-sift"}),
+        "attention-sift": ("featloc.matching.attention:AttentionMatcher",
+                           {"weights": "attention-sift"}),
         "attention-samfeat-lite": ("featloc.matching.attention:AttentionMatcher",
-                                   {"name": "attention-samfeat-lite"}),
+                                   {"weights": "attention-samfeat-lite"}),
     },
     # Global (image-level) descriptors for retrieval, featloc/loc/retrieval.py.
     "global": {

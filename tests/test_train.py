@@ -417,10 +417,14 @@ def test_validate_on_hpatches_folder(tmp_path):
                 warped = np.clip(warped.astype(int) + 20 * k, 0, 255).astype(np.uint8)
             cv2.imwrite(str(seq / f"{k}.png"), warped)
             np.savetxt(seq / f"H_1_{k}", H)
+    from featloc.models.samfeat import SAMFeatNetConf, build_samfeat_net
+
     torch.manual_seed(0)
-    model = StandInSAMFeat()
-    conf = ValConf(hpatches_dir=str(tmp_path), resize_max=128, max_keypoints=64)
-    out = evaluate_hpatches(model, standin_sample_descriptors, conf, torch.device("cpu"))
+    model = build_samfeat_net(SAMFeatNetConf(arch="lite"))  # random init: exercises the code
+    conf = ValConf(hpatches_dir=str(tmp_path), resize_max=128, max_keypoints=64,
+                   detection_threshold=0.0)
+    out = evaluate_hpatches(model, conf, torch.device("cpu"))
+    assert model.training  # restored after validation
     for key in ("mma@3_i", "mma@3_v", "mma@3", "h_acc@3_v", "keypoints_i"):
         assert key in out
     assert all(0 <= out[k] <= 1 for k in out if k.startswith(("mma", "h_acc")))

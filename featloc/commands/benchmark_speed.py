@@ -26,6 +26,13 @@ def add_parser(sub, formatter):
     p.add_argument("--max-keypoints", type=int, default=2048, help="keypoint budget per image")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--output", type=Path, default=None, help="folder for speed.json and speed.md")
+    # Matcher timing mode: matching alone at several keypoint budgets, beside --matcher.
+    p.add_argument("--matchers", nargs="+", default=None, metavar="NAME",
+                   help="time these matchers alone (beside --matcher as the baseline, e.g. nn) "
+                   "on the first --features extractor's keypoints; --matcher-conf applies to "
+                   "them, e.g. --matchers attention --matcher-conf weights=PATH")
+    p.add_argument("--num-keypoints", nargs="+", type=int, default=[512, 1024, 2048],
+                   help="matcher timing mode: keypoint budgets per image")
     common.add_ransac_args(p)
     p.set_defaults(func=run)
 
@@ -43,6 +50,14 @@ def run(args) -> int:
         from ..io.images import read_image
 
         images = tuple(read_image(p) for p in args.images)
+    if args.matchers:
+        from ..eval.speed import matcher_speed_table, run_matcher_speed_benchmark
+
+        result = run_matcher_speed_benchmark(
+            args.matchers, args.num_keypoints, args.features[0], args.matcher, width, height,
+            args.repeats, common.matcher_conf(args), None, args.output, images)
+        print(matcher_speed_table(result))
+        return 0
     result = run_speed_benchmark(
         args.features, args.matcher, args.baseline, width, height, args.repeats,
         args.max_keypoints, common.ransac_conf(args), args.output, images,

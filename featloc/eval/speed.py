@@ -140,3 +140,105 @@ def speed_table(result: dict) -> str:
             f"{r['num_keypoints'][0]} | {r['num_matches']} | {r['num_inliers']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _top_k(features, k: int):
+    if len(features) <= k:
+        return features
+    order = np.argsort(-features.keypoint_scores, kind="stable")[:k]
+    return features.select(np.sort(order))
+
+
+def run_matcher_speed_benchmark(
+    matchers: list[str],
+    num_keypoints: list[int] = (512, 1024, 2048),
+    features: str = "sift",
+    baseline: str = "nn",
+    width: int = 640,
+    height: int = 480,
+    repeats: int = 20,
+    matcher_conf: dict | None = None,
+    extractor_conf: dict | None = None,
+    output: str | Path | None = None,
+    images: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict:
+    """Time matching alone (per pair) at several keypoint budgets, for each matcher in
+    `matchers` and the `baseline` matcher, all in this one run, on the best keypoints of one
+    extraction of the pair. `matcher_conf` applies to the timed matchers, not the baseline.
+
+    Returns a dict with, per keypoint budget and matcher: the median seconds per pair
+    (`match_s`), the keypoint and match counts, the ratio to the baseline, and for matchers
+    with adaptive depth the layers run (`layers`).
+    """
+    import torch
+
+    if images is None:
+        image0, image1, _ = make_pair(width, height)
+    else:
+        image0, image1 = images
+    extractor = build("extractor", features,
+                      **{**(extractor_conf or {}), "max_num_keypoints": max(num_keypoints)})
+    full0, full1 = extractor.extract(image0), extractor.extract(image1)
+    names = list(dict.fromkeys([baseline, *matchers]))
+    models = {name: build("matcher", name, **({} if name == baseline else matcher_conf or {}))
+              for name in names}
+    rows: dict[str, dict] = {}
+    for k in num_keypoints:
+        f0, f1 = _top_k(full0, k), _top_k(full1, k)
+        if min(len(f0), len(f1)) < k:
+            logger.warning("only %d / %d keypoints for the budget %d (larger image: --size)",
+                           len(f0), len(f1), k)
+        row = {}
+        for name, model in models.items():
+            t_match, matches = median_time(lambda m=model, a=f0, b=f1: m.match(a, b), repeats)
+            entry = {"match_s": t_match, "num_keypoints": [len(f0), len(f1)],
+                     "num_matches": len(matches)}
+            if hasattr(model, "match_tensors"):  # adaptive depth: layers actually run
+                entry["layers"] = int(model.match_tensors(f0, f1)["stop"])
+            row[name] = entry
+            logger.info("%s @ %d keypoints: %.1f ms", name, k, 1e3 * t_match)
+        for entry in row.values():
+            entry["ratio_to_baseline"] = entry["match_s"] / row[baseline]["match_s"]
+        rows[str(k)] = row
+    result = {
+        "mode": "matchers",
+        "image_size": [int(image0.shape[1]), int(image0.shape[0])],
+        "features": features,
+        "repeats": repeats,
+        "baseline": baseline,
+        "matchers": names,
+        "matcher_conf": dict(matcher_conf or {}),
+        "machine": {
+            "cpu_count": __import__("os").cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+        },
+        "results": rows,
+    }
+    if output is not None:
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "speed-matchers.json").write_text(json.dumps(result, indent=2))
+        (output / "speed-matchers.md").write_text(matcher_speed_table(result))
+    return result
+
+
+def matcher_speed_table(result: dict) -> str:
+    w, h = result["image_size"]
+    lines = [
+        f"Median matching time per pair, {result['features']} keypoints of a {w}x{h} pair, "
+        f"{result['repeats']} runs, {result['machine']['torch_threads']} torch thread(s)",
+        "",
+        "| keypoints | matcher | match (ms) | vs " + result["baseline"] + " | layers run | "
+        "matches |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k, row in result["results"].items():
+        for name, r in row.items():
+            layers = r.get("layers", "")
+            lines.append(
+                f"| {k} ({r['num_keypoints'][0]}/{r['num_keypoints'][1]}) | {name} | "
+                f"{1e3 * r['match_s']:.1f} | {r['ratio_to_baseline']:.1f}x | {layers} | "
+                f"{r['num_matches']} |"
+            )
+    return "\n".join(lines) + "\n"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 # Local features and matcher of the localization pipelines (CLI defaults too). RootSIFT +
 # mutual nearest neighbours with Lowe's ratio test (0.8) measured best among the registered
-# components on the rendered gallery scenes (see the localization report in README).
+# components on rendered gallery scenes (100 database views, 30 evening queries).
 DEFAULT_FEATURES = "rootsift-loc"
 DEFAULT_MATCHER = "nn-ratio"
 # Global descriptor for retrieval: VLAD over RootSIFT with a database vocabulary.

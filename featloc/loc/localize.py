@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,24 @@ from ..eval.report import write_json
 from ..geometry.camera import Camera
 from ..geometry.pose import Pose
 from ..io import pycolmap_api
-from ..io.colmap import ColmapCamera, camera_to_colmap, format_pose_line, to_colmap_pixels
+from ..io.colmap import (
+    ColmapCamera,
+    camera_to_colmap,
+    format_pose_line,
+    to_colmap_pixels,
+)
 from ..io.h5 import FeatureStore, MatchStore
 from ..progress import track
 from ..types import Features, LocResult, Matches
 from .cache import extract_features, match_pairs, matches_file
-from .retrieval import GlobalIndex, IndexConf, build_global, compute_global, read_global, retrieve
+from .retrieval import (
+    GlobalIndex,
+    IndexConf,
+    build_global,
+    compute_global,
+    read_global,
+    retrieve,
+)
 from .sfm import LoadedMap, MapError, check_map_features, load_map
 
 logger = logging.getLogger(__name__)
@@ -86,7 +99,7 @@ def gather_correspondences(
         if ok.any():
             used.append(name)
             kp.append(idx[ok, 0])
-            rows.append(np.array([loaded.point_rows[int(p)] for p in pid[ok]], np.int64))
+            rows.append(loaded.point_rows[pid[ok]])
     if not kp:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), []
     pairs = np.unique(np.stack([np.concatenate(kp), np.concatenate(rows)], 1), axis=0)
@@ -121,6 +134,40 @@ def localize_from_matches(
                      True, info)
 
 
+class _FeatureReader:
+    """Database features by name, read from the map's HDF5 file on demand (a small LRU
+    cache keeps the images of recent queries); `reader[name] = features` adds an entry."""
+
+    def __init__(self, path: Path, names: Sequence[str], cache_size: int = 64):
+        self.store = FeatureStore(path, "r")
+        self.names = set(names)
+        self.cache: OrderedDict[str, Features] = OrderedDict()
+        self.extra: dict[str, Features] = {}
+        self.cache_size = cache_size
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.extra or name in self.names
+
+    def __getitem__(self, name: str) -> Features:
+        if name in self.extra:
+            return self.extra[name]
+        if name in self.cache:
+            self.cache.move_to_end(name)
+            return self.cache[name]
+        if name not in self.names:
+            raise KeyError(name)
+        features = self.cache[name] = self.store.read(name)
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return features
+
+    def __setitem__(self, name: str, features: Features) -> None:
+        self.extra[name] = features
+
+    def close(self) -> None:
+        self.store.close()
+
+
 class Localizer:
     """In-memory localization of single images against a loaded map (notebooks, timing).
 
@@ -148,8 +195,16 @@ class Localizer:
         if index_descriptors is None:
             index_descriptors, index_names = read_global(self.map.global_path, names), names
         self.index = GlobalIndex(index_descriptors, index_names, IndexConf(kind=self.conf.index))
-        with FeatureStore(self.map.features_path, "r") as fstore:
-            self.db_features = {n: fstore.read(n) for n in names}
+        self.db_features = _FeatureReader(self.map.features_path, names)
+
+    def close(self) -> None:
+        self.db_features.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def localize_image(self, image: np.ndarray, camera: Camera | ColmapCamera) -> LocResult:
         timings = {}

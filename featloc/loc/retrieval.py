@@ -88,7 +88,9 @@ class GlobalDescriptor:
         """(extractor name, conf) of the local features this descriptor aggregates."""
         return None
 
-    def fit(self, features: Iterable[Features]) -> None:
+    def fit(self, items: Iterable) -> None:
+        """Fit the state on the database: its local `Features` (input "local_features") or
+        its uint8 RGB images (input "image")."""
         raise NotImplementedError
 
     def state(self) -> dict[str, np.ndarray]:
@@ -285,15 +287,24 @@ def compute_global(
     state_path, state_digest = None, None
     if model.needs_fit:
         if state is None:
-            state_path = work_dir / f"global-{name}-{digest(resolved, sorted(names))}.state.npz"
-            if state_path.is_file() and not overwrite:
-                model.load_state(dict(np.load(state_path)))
-            else:
-                with FeatureStore(local_path, "r") as fstore:
-                    fit_names = [n for n in names if n in fstore]
+            fstore = FeatureStore(local_path, "r") if local_path is not None else None
+            try:
+                fit_names = [n for n in names if fstore is None or n in fstore]
+                sources = [fstore.entry_attrs(n).get("digest") if fstore else n for n in fit_names]
+                state_path = work_dir / f"global-{name}-{digest(resolved, fit_names, sources)}.state.npz"
+                refit = overwrite or not state_path.is_file()
+                if not refit:
+                    model.load_state(dict(np.load(state_path)))
+                elif fstore is not None:
                     model.fit(fstore.read(n) for n in track(fit_names, desc=f"fit {name}"))
+                else:  # a fitted descriptor over images
+                    model.fit(read_image(image_dir / n) for n in track(fit_names, desc=f"fit {name}"))
+            finally:
+                if fstore is not None:
+                    fstore.close()
+            if refit:
                 _save_state(state_path, model.state())
-                logger.info("%s: fitted on %d images -> %s", name, len(names), state_path)
+                logger.info("%s: fitted on %d images -> %s", name, len(fit_names), state_path)
         else:
             state_path = Path(state)
             if not state_path.is_file():

@@ -255,9 +255,14 @@ def run_map(
     output_dir.mkdir(parents=True, exist_ok=True)
 
     feats_path, fx_report = extract_features(image_dir, output_dir, features, extractor_conf, names)
-    if fx_report.failures:
-        raise MapError(f"{len(fx_report.failures)} database images could not be read: "
-                       + "; ".join(fx_report.failures.values())[:500])
+    if fx_report.failures:  # already reported one by one; the map goes on without them
+        logger.error("map: %d unreadable database images are left out", len(fx_report.failures))
+        names = [n for n in names if n not in fx_report.failures]
+        if ref is not None:
+            ref.poses = {n: ref.poses[n] for n in names}
+            ref.cameras = {n: ref.cameras[n] for n in names}
+        if not names:
+            raise MapError(f"{image_dir}: no readable database image")
     # Retrieval descriptors of the database are needed to localize anyway.
     source = conf.mapping_pairs if ref is not None else "retrieval"
     if source == "retrieval":
@@ -279,8 +284,8 @@ def run_map(
     database = colmap_dir / "database.db"
     with FeatureStore(feats_path, "r") as fstore:
         keypoints = {n: fstore.read(n).keypoints for n in names}
-    stats: dict = {"num_images": len(names), "num_pairs": len(pairs),
-                   "num_match_failures": len(match_report.failures)}
+    stats: dict = {"num_images": len(names), "num_unreadable": len(fx_report.failures),
+                   "num_pairs": len(pairs), "num_match_failures": len(match_report.failures)}
     if ref is not None:
         base = model_from_views(ref.cameras, ref.poses, share_cameras=True)
         reference = pycolmap_api.reconstruction_from_model(base)
@@ -366,7 +371,7 @@ class LoadedMap:
     model: ColmapModel
     point3D_ids: dict[str, np.ndarray]  # per database image: [N] ids aligned with its features
     points_xyz: np.ndarray  # [P, 3] world points
-    point_rows: dict[int, int]  # point id -> row of points_xyz
+    point_rows: np.ndarray  # [max id + 1] row of points_xyz per point id (-1: none)
 
     @property
     def features_path(self) -> Path:
@@ -398,10 +403,14 @@ def load_map(map_dir: str | Path) -> LoadedMap:
     model = read_model(root / info["files"]["model"])
     if not model.images:
         raise MapError(f"{root}: the map has no registered images")
-    rows = {pid: i for i, pid in enumerate(sorted(model.points3D))}
-    xyz = np.stack([model.points3D[p].xyz for p in sorted(model.points3D)]) if rows \
-        else np.zeros((0, 3))
+    point_ids = np.array(sorted(model.points3D), np.int64)
+    xyz = np.stack([model.points3D[p].xyz for p in point_ids]) if len(point_ids) else np.zeros((0, 3))
+    rows = np.full(int(point_ids.max()) + 1 if len(point_ids) else 0, -1, np.int64)
+    rows[point_ids] = np.arange(len(point_ids))
     ids = {im.name: im.point3D_ids for im in model.images.values()}
+    for name, pids in ids.items():
+        if len(pids) and (pids.max() >= len(rows) or (rows[pids[pids >= 0]] < 0).any()):
+            raise MapError(f"{root}: image {name!r} observes 3D points missing from points3D.txt")
     return LoadedMap(root, info, model, ids, xyz, rows)
 
 

@@ -1,10 +1,11 @@
 """The attentional matcher (`featloc.models.attention`, LightGlue-style with SuperGlue options)
 behind the `Matcher` interface.
 
-Registered as `attention` (weights of the `attention-sift` preset unless `weights` is given),
-`attention-sift` and `attention-samfeat-lite`. Weights are the project's own, shipped as
-`featloc/weights/<name>.pt` or given as a file (`weights=PATH`, an exported `attention.pt` or a
-training checkpoint); nothing is downloaded and random weights are never used as if trained.
+Registered as `attention` (the `attention-sift` weights unless `weights` is given),
+`attention-sift` and `attention-samfeat-lite`. Weights are the project's own: `weights` is the
+name of a file shipped as `featloc/weights/<name>.pt`, or a path (an exported `attention.pt` or
+a training checkpoint `ckpt_*.pt`); nothing is downloaded and random weights are never used as
+if trained.
 
 Inference options (LightGlue defaults): `filter_threshold` 0.1, adaptive depth
 `depth_confidence` 0.95, point pruning `width_confidence` 0.99 for images with more than
@@ -27,13 +28,14 @@ PRECISIONS = ("float32", "bfloat16")
 
 @dataclass(frozen=True)
 class AttentionConf(MatcherConf):
-    name: str = "attention-sift"  # shipped weights featloc/weights/<name>.pt (when weights="")
-    weights: str = ""  # a weights file instead: exported <run>/attention.pt or a ckpt_*.pt
+    # shipped weights name (featloc/weights/<name>.pt) or a file path (a name with "/" or
+    # ending in .pt): an exported <run>/attention.pt or a ckpt_*.pt of the attention task
+    weights: str = "attention-sift"
     filter_threshold: float = 0.1  # keep mutual matches with probability > this (SG: 0.2)
     depth_confidence: float = 0.95  # adaptive depth: stop when this share is confident; -1: off
     width_confidence: float = 0.99  # prune points with matchability <= 1 - this; -1: off
-    # prune only while an image has more points than this (LightGlue: 1024 on CUDA; measured on
-    # CPU, pruning pays off from about 1k points, see the model card / speed benchmark)
+    # prune only while an image has more points than this (LightGlue: 1024 on CUDA, 1536 with
+    # flash attention, never on CPU; untested on CPU with a fully trained model)
     prune_min_keypoints: int = 1024
     sinkhorn_iterations: int = 0  # sinkhorn models: iterations at inference; 0: the model's
     device: str = "cpu"  # torch device
@@ -43,6 +45,11 @@ class AttentionConf(MatcherConf):
 def shipped_weights(name: str) -> Path:
     """Path of the shipped weights file `featloc/weights/<name>.pt` (it may not exist)."""
     return Path(str(resources.files("featloc").joinpath("weights", f"{name}.pt")))
+
+
+def is_weights_path(weights: str) -> bool:
+    """A file path (contains a separator or ends in .pt), else a shipped weights name."""
+    return "/" in weights or "\\" in weights or weights.endswith(".pt")
 
 
 def missing_weights_message(name: str, path: Path) -> str:
@@ -78,11 +85,14 @@ class AttentionMatcher(Matcher):
 
         self._torch = torch
         if net is None:
-            path = Path(conf.weights) if conf.weights else shipped_weights(conf.name)
-            if not path.is_file():
-                if conf.weights:
+            if is_weights_path(conf.weights):
+                path = Path(conf.weights)
+                if not path.is_file():
                     raise FileNotFoundError(f"attention matcher weights not found: {path}")
-                raise FileNotFoundError(missing_weights_message(conf.name, path))
+            else:
+                path = shipped_weights(conf.weights)
+                if not path.is_file():
+                    raise FileNotFoundError(missing_weights_message(conf.weights, path))
             net = load_attention_net(path)
         self.device = torch.device(conf.device)
         self.net = net.eval().to(self.device)

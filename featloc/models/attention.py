@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,9 @@ class AttentionNetConf:
     # "mlp" (SuperGlue: additive MLP of the normalised position and the detection score)
     pos_encoding: str = "rotary"
     add_scale_ori: bool = False  # append log-scale and orientation to the position (SIFT)
+    # L2-normalise the input descriptors (SAMFeat: weighted f = w d and unit d give the same
+    # input, methods 2.11); SIFT/RootSIFT descriptors are unit already
+    normalize_descriptors: bool = False
     mlp_hidden: list[int] = field(default_factory=lambda: [32, 64, 128])  # "mlp" widths
     # "dual_softmax" (LightGlue, with matchability) or "sinkhorn" (SuperGlue optimal
     # transport with a learnable dustbin score)
@@ -423,10 +427,17 @@ class AttentionMatcherNet(nn.Module):
     def _encode(self, data: dict, i: int):
         """Initial states [B, N, D] and rotary encoding (None for mlp) of image i."""
         pos = _position_input(data, i, self.conf)
-        x = self.input_proj(data[f"descriptors{i}"].detach().to(self.input_dtype))
+        desc = data[f"descriptors{i}"].detach().float()
+        if self.conf.normalize_descriptors:
+            desc = F.normalize(desc, dim=-1)
+        x = self.input_proj(desc.to(self.input_dtype))
+        # the encoding in float32 even under autocast: bf16 rotary angles would be off by
+        # ~1e-2 rad, a relative-position error that grows with the angle
+        with torch.autocast(x.device.type, enabled=False):
+            enc = self.posenc(pos.to(self.input_dtype))
         if self.conf.pos_encoding == "rotary":
-            return x, self.posenc(pos.to(self.input_dtype))
-        return x + self.posenc(pos.to(self.input_dtype)), None
+            return x, enc
+        return x + enc, None
 
     @property
     def input_dtype(self) -> torch.dtype:
@@ -497,7 +508,7 @@ class AttentionMatcherNet(nn.Module):
         Returns:
             matches0 [M], matches1 [N] int64 (-1 unmatched); matching_scores0 [M],
             matching_scores1 [N] float32; stop: number of layers run; prune0 [M], prune1 [N]:
-            number of layers each point went through.
+            number of layers each point went through (< stop: pruned, hence unmatched).
         """
         if data["keypoints0"].shape[0] != 1:
             raise ValueError("match() takes one pair (batch size 1); use forward() for batches")
@@ -515,13 +526,15 @@ class AttentionMatcherNet(nn.Module):
         x1, enc1 = self._encode(data, 1)
         ind0 = torch.arange(m, device=device)
         ind1 = torch.arange(n, device=device)
-        prune0 = torch.ones(m, dtype=torch.long, device=device)
-        prune1 = torch.ones(n, dtype=torch.long, device=device)
+        prune0 = torch.zeros(m, dtype=torch.long, device=device)
+        prune1 = torch.zeros(n, dtype=torch.long, device=device)
         can_prune = width_confidence > 0 and self.conf.assignment == "dual_softmax"
         early_stop = depth_confidence > 0
         layer = 0
         for layer in range(L):
             x0, x1 = self.layers[layer](x0, x1, enc0, enc1)
+            prune0[ind0] += 1
+            prune1[ind1] += 1
             if layer == L - 1:
                 break
             if not (early_stop or can_prune):
@@ -542,7 +555,6 @@ class AttentionMatcherNet(nn.Module):
                     ind0, x0 = ind0[keep], x0[:, keep]
                     if enc0 is not None:
                         enc0 = enc0[:, :, :, keep]
-                    prune0[ind0] += 1
                 if x1.shape[1] > prune_min_keypoints:
                     keep = (head.matchability_prob(x1.float())[0] > 1 - width_confidence) | (
                         c1 <= threshold)
@@ -550,7 +562,8 @@ class AttentionMatcherNet(nn.Module):
                     ind1, x1 = ind1[keep], x1[:, keep]
                     if enc1 is not None:
                         enc1 = enc1[:, :, :, keep]
-                    prune1[ind1] += 1
+                if x0.shape[1] == 0 or x1.shape[1] == 0:
+                    break  # nothing left to match: attention over an empty set is undefined
         la = self._assign(layer, x0, x1, iterations=sinkhorn_iterations)
         k0, k1, s0, s1 = filter_matches(la, filter_threshold)
         matches0 = torch.full((m,), -1, dtype=torch.long, device=device)
@@ -596,7 +609,11 @@ def load_attention_net(path: str | Path) -> AttentionMatcherNet:
     """A network from an exported weights file or from a training checkpoint
     (`ckpt_<step>.pt` of the `attention` task), in float32 and eval mode."""
     path = Path(path)
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights files hold only tensors and plain values
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # a trainer checkpoint also holds RNG states (numpy objects): trusted, own files only
+        obj = torch.load(path, map_location="cpu", weights_only=False)
     if "net_conf" in obj and "state_dict" in obj:
         return net_from_state(obj["net_conf"], obj["state_dict"])
     if "model" in obj and obj.get("task") == "attention":

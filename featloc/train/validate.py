@@ -3,8 +3,8 @@ that is `featloc.eval.hpatches`, which writes results files).
 
 Folder layout: one folder per sequence (`i_*` illumination, `v_*` viewpoint, other names count as
 viewpoint), holding images `1.<ext>` ... `6.<ext>` and text files `H_1_k` (H_0to1 from image 1 to
-image k). For each pair (1, k): keypoints and weighted descriptors from the model, mutual
-nearest neighbours on the dot product, then
+image k). For each pair (1, k): keypoints and unit descriptors from the inference extractor
+run on the model in training, mutual nearest neighbours (L2), then
 - MMA@t: mean over pairs of the fraction of matches whose reprojection error under the ground
   truth H is <= t px (D2-Net protocol, methods 5.1);
 - homography accuracy@t: share of pairs whose RANSAC homography moves image 1's corners by
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..geometry import RansacConf, estimate_homography
 from ..geometry.homography import homography_corner_error, warp_points
@@ -33,10 +32,10 @@ class ValConf:
     max_sequences: int = 0  # evaluate at most this many sequences (half i_, half v_); 0: all
     resize_max: int = 480  # longer side (px) fed to the model, rounded to a multiple of 16
     max_keypoints: int = 1024  # keypoints per image (best scores)
-    detection_threshold: float = 0.0  # min keypoint probability (official inference: 0.9)
+    detection_threshold: float | None = None  # None: the extractor's default per architecture
     nms_radius: int = 4  # px
     border_px: int = 4  # no keypoints this close to the border
-    add_edge_to_logits: bool = True  # official inference adds the edge map to the logits
+    add_edge_to_logits: bool | None = None  # None: the architecture's inference default
     thresholds_px: list[float] = field(default_factory=lambda: [1.0, 3.0, 5.0])
     ransac_th_px: float = 3.0
 
@@ -65,54 +64,45 @@ def _image_path(seq: Path, index: int) -> Path:
     raise FileNotFoundError(f"{seq}: no image {index}.<ext>")
 
 
-def detect(logits: torch.Tensor, edge: torch.Tensor | None, conf: ValConf):
-    """Keypoints [K, 2] (x, y) and scores [K] from logits [1, 1, H, W] (NMS, border, top-k)."""
-    from ..models.samfeat import detect_keypoints
+def make_extractor(model, conf: ValConf, device):
+    """The inference extractor (`featloc.features.samfeat.SAMFeat`) on a copy of the model in
+    training, so validation measures exactly what users will run. Descriptors are unit-norm
+    and matched by mutual NN in L2: with attention-weighted descriptors, dot-product NN picks
+    the few highest-weight points for every query (hubness), which measured far worse."""
+    from ..config import make_conf
+    from ..features.samfeat import SAMFeat, SAMFeatConf
 
-    if edge is not None and conf.add_edge_to_logits:
-        logits = logits + F.interpolate(edge, size=logits.shape[-2:], mode="bilinear",
-                                        align_corners=False)
-    prob = torch.sigmoid(logits.float())[:, 0]
-    return detect_keypoints(prob, conf.detection_threshold, conf.nms_radius, conf.border_px,
-                            conf.max_keypoints)[0]
+    extractor_conf = make_conf(SAMFeatConf, {
+        "arch": model.conf.arch, "max_num_keypoints": conf.max_keypoints,
+        "resize_max": conf.resize_max, "detection_threshold": conf.detection_threshold,
+        "nms_radius": conf.nms_radius, "border_px": conf.border_px,
+        "add_edge_to_logits": conf.add_edge_to_logits, "descriptor_output": "unit",
+        "device": str(device), "precision": "float32",
+    })
+    return SAMFeat(extractor_conf, net=model)
 
 
 @torch.no_grad()
-def extract(model, sample_descriptors, image: np.ndarray, conf: ValConf, device):
-    """(keypoints [K, 2] in original pixels, weighted descriptors [K, D]) as numpy."""
-    h, w = image.shape[:2]
-    ratio = min(1.0, conf.resize_max / max(h, w))
-    nh, nw = (max(16, int(round(s * ratio / 16)) * 16) for s in (h, w))
-    tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
-    tensor = F.interpolate(tensor, size=(nh, nw), mode="bilinear", align_corners=False,
-                           antialias=True)
-    pred = model((tensor * (2 / 255) - 1).to(device))
-    kpts, _ = detect(pred["logits"], pred.get("edge"), conf)
-    desc, weight = sample_descriptors(pred["desc_map"].float(), pred["weight_map"].float(),
-                                      kpts[None].to(device), (nh, nw))
-    desc = (desc[0] * weight[0][:, None]).cpu().numpy()
-    scale = np.array([nw / w, nh / h], np.float32)
-    return (kpts.cpu().numpy() + 0.5) / scale - 0.5, desc
-
-
-def evaluate_hpatches(model, sample_descriptors, conf: ValConf, device) -> dict[str, float]:
+def evaluate_hpatches(model, conf: ValConf, device) -> dict[str, float]:
     was_training = model.training
     model.eval()
     per_kind: dict[str, dict[str, list[float]]] = {"i": {}, "v": {}}
     ransac = RansacConf(threshold_px=conf.ransac_th_px)
+    extractor = make_extractor(model, conf, device)
     try:
         for seq in list_sequences(conf.hpatches_dir, conf.max_sequences):
             kind = "i" if seq.name.startswith("i_") else "v"
             image0 = read_image(_image_path(seq, 1))
-            kp0, desc0 = extract(model, sample_descriptors, image0, conf, device)
+            f0 = extractor.extract(image0)
+            kp0, desc0 = f0.keypoints, f0.descriptors
             size0 = (image0.shape[1], image0.shape[0])
             for k in range(2, 7):
                 if not (seq / f"H_1_{k}").exists():
                     continue
                 H = np.loadtxt(seq / f"H_1_{k}")
-                kp1, desc1 = extract(model, sample_descriptors, read_image(_image_path(seq, k)),
-                                     conf, device)
-                m0, _ = nearest_neighbor_match(desc0, desc1, mutual_check=True, metric="dot")
+                f1 = extractor.extract(read_image(_image_path(seq, k)))
+                kp1, desc1 = f1.keypoints, f1.descriptors
+                m0, _ = nearest_neighbor_match(desc0, desc1, mutual_check=True, metric="l2")
                 idx = np.flatnonzero(m0 >= 0)
                 p0, p1 = kp0[idx], kp1[m0[idx]]
                 err = np.linalg.norm(warp_points(p0, H) - p1, axis=1) if len(idx) else np.zeros(0)

@@ -20,7 +20,7 @@ from ...config import ConfigError
 
 TASKS = {
     "samfeat": "featloc.train.tasks.samfeat",
-    # "attention_matcher": "featloc.train.tasks.attention_matcher",
+    "attention": "featloc.train.tasks.attention",
     # "dense_matcher": "featloc.train.tasks.dense_matcher",
 }
 

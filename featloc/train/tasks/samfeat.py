@@ -161,7 +161,7 @@ def validate(model, conf) -> dict[str, float]:
     if not conf.val.hpatches_dir:
         return {}
     device = next(model.parameters()).device
-    return evaluate_hpatches(model, _net_api()[1], conf.val, device)
+    return evaluate_hpatches(model, conf.val, device)
 
 
 def export(model, conf, path: Path, info: dict | None = None) -> Path:
