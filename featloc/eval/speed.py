@@ -3,7 +3,6 @@ in the same run (timings on a shared machine are only comparable within one run)
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import statistics
@@ -16,6 +15,7 @@ import numpy as np
 from ..config import build
 from ..geometry import estimate_homography
 from ..synth.textures import random_scene_image
+from .report import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,23 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tupl
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
 
+
+
+def _machine() -> dict:
+    import os
+
+    import torch
+
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform()}
+
+
+def _write(output: str | Path | None, stem: str, result: dict, table: str) -> None:
+    """`<stem>.json` and `<stem>.md` in `output` (nothing when output is None)."""
+    if output is None:
+        return
+    write_json(Path(output) / f"{stem}.json", result)
+    (Path(output) / f"{stem}.md").write_text(table)
 
 def make_pair(width: int = 640, height: int = 480, seed: int = 0):
     """A generated image and a homography-warped view of it, with H_0to1."""
@@ -65,7 +82,6 @@ def run_speed_benchmark(
     and `pair` (both extractions + match + estimate, timed end to end), the keypoint and
     inlier counts, and `extract_ratio_to_baseline`.
     """
-    import torch
 
     if images is None:
         image0, image1, _ = make_pair(width, height)
@@ -108,18 +124,10 @@ def run_speed_benchmark(
         "matcher": matcher,
         "baseline": baseline,
         "max_num_keypoints": max_num_keypoints,
-        "machine": {
-            "cpu_count": __import__("os").cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-        },
+        "machine": _machine(),
         "results": rows,
     }
-    if output is not None:
-        output = Path(output)
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "speed.json").write_text(json.dumps(result, indent=2))
-        (output / "speed.md").write_text(speed_table(result))
+    _write(output, "speed", result, speed_table(result))
     return result
 
 
@@ -170,7 +178,6 @@ def run_matcher_speed_benchmark(
     (`match_s`), the keypoint and match counts, the ratio to the baseline, and for matchers
     with adaptive depth the layers run (`layers`).
     """
-    import torch
 
     if images is None:
         image0, image1, _ = make_pair(width, height)
@@ -208,18 +215,10 @@ def run_matcher_speed_benchmark(
         "baseline": baseline,
         "matchers": names,
         "matcher_conf": dict(matcher_conf or {}),
-        "machine": {
-            "cpu_count": __import__("os").cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-        },
+        "machine": _machine(),
         "results": rows,
     }
-    if output is not None:
-        output = Path(output)
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "speed-matchers.json").write_text(json.dumps(result, indent=2))
-        (output / "speed-matchers.md").write_text(matcher_speed_table(result))
+    _write(output, "speed-matchers", result, matcher_speed_table(result))
     return result
 
 

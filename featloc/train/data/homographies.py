@@ -135,6 +135,29 @@ def crop_resize_matrix(x0: float, y0: float, crop: float, out: int) -> np.ndarra
     )
 
 
+def sample_view_pair(
+    image_hw: tuple[int, int],
+    size: int,
+    crop_min: float,
+    crop_max: float,
+    identity_prob: float,
+    conf: HomographyConf,
+    rng_crop: np.random.Generator,
+    rng_h: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A training pair from one image: a random square crop of side U(crop_min, crop_max)
+    (clipped to the image) resized to `size`, and a random homography of that view (identity
+    with probability `identity_prob`). Returns (M0 image -> view 0, H view 0 -> view 1); view 1
+    is the image warped by H @ M0."""
+    h, w = image_hw
+    short = min(h, w)
+    crop = rng_crop.uniform(min(crop_min, short), min(crop_max, short))
+    x0, y0 = rng_crop.uniform(0, w - crop), rng_crop.uniform(0, h - crop)
+    M0 = crop_resize_matrix(x0, y0, crop, size)
+    H = np.eye(3) if rng_h.random() < identity_prob else sample_homography((size, size), conf, rng_h)
+    return M0, H
+
+
 def scale_matrix(factor: int) -> np.ndarray:
     """Maps full-resolution pixels to the pixels of a map downsampled by `factor`."""
     s = 1.0 / factor

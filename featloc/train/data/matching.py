@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from ...types import IGNORE, Features
 from .augment import PhotometricConf, photometric
 from .cache import ImageCache, digest
-from .homographies import HomographyConf, crop_resize_matrix, sample_homography
+from .homographies import HomographyConf, sample_view_pair
 
 logger = logging.getLogger(__name__)
 
@@ -240,15 +240,8 @@ class MatchingPairs(Dataset):
         conf, S = self.conf, self.conf.image_size
         rng_crop, rng_h = rngs[0], rngs[1]
         src = self.images.image(index % len(self.images))
-        h, w = src.shape[:2]
-        short = min(h, w)
-        crop = rng_crop.uniform(min(conf.crop_min, short), min(conf.crop_max, short))
-        x0, y0 = rng_crop.uniform(0, w - crop), rng_crop.uniform(0, h - crop)
-        M0 = crop_resize_matrix(x0, y0, crop, S)
-        if rng_h.random() < conf.identity_prob:
-            H = np.eye(3)
-        else:
-            H = sample_homography((S, S), conf.homography, rng_h)
+        M0, H = sample_view_pair(src.shape[:2], S, conf.crop_min, conf.crop_max,
+                                 conf.identity_prob, conf.homography, rng_crop, rng_h)
         views = (_warp(src, M0, S), _warp(src, H @ M0, S))
 
         def labels(k0, k1):

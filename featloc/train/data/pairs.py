@@ -38,12 +38,7 @@ from ...geometry.homography import warp_points
 from ..labels import LabelConf, LabelStore
 from .augment import PhotometricConf, photometric
 from .cache import ImageCache
-from .homographies import (
-    HomographyConf,
-    crop_resize_matrix,
-    sample_homography,
-    scale_matrix,
-)
+from .homographies import HomographyConf, sample_view_pair, scale_matrix
 from .targets import TeacherStore, bilinear_sample
 
 
@@ -115,14 +110,8 @@ class HomographyPairs(Dataset):
         i = index % len(self.images)
         src = self.images.image(i)
         h, w = src.shape[:2]
-        short = min(h, w)
-        crop = rng_crop.uniform(min(conf.crop_min, short), min(conf.crop_max, short))
-        x0, y0 = rng_crop.uniform(0, w - crop), rng_crop.uniform(0, h - crop)
-        M0 = crop_resize_matrix(x0, y0, crop, S)
-        if rng_h.random() < conf.identity_prob:
-            H = np.eye(3)
-        else:
-            H = sample_homography((S, S), conf.homography, rng_h)
+        M0, H = sample_view_pair(src.shape[:2], S, conf.crop_min, conf.crop_max,
+                                 conf.identity_prob, conf.homography, rng_crop, rng_h)
         Ms = (M0, H @ M0)
 
         points0 = grid_points(S, conf.grid, rng_grid)
