@@ -91,7 +91,15 @@ def build_image_cache(image_dirs: list[str], cache_dir: str | Path, max_side: in
     """Decode (and downsize so the longer side is <= max_side) every image once; reuse the cache
     when it exists. Unreadable images are skipped with a warning."""
     entries, facts = _source_list(list(image_dirs))
-    key = digest({"files": facts, "max_side": max_side, "version": 1})
+    return cache_image_files(entries, facts, cache_dir, max_side)
+
+
+def cache_image_files(entries: list[tuple[str, str, str]], facts: list, cache_dir: str | Path,
+                      max_side: int, extra: dict | None = None) -> ImageCache:
+    """The cache of explicitly listed images: `entries` [(key, folder, name)], `facts` (what
+    identifies the files: path, size, mtime) and `extra` enter the digest. Unreadable images
+    are skipped with a warning."""
+    key = digest({"files": facts, "max_side": max_side, "version": 1, **(extra or {})})
     root = Path(cache_dir) / f"images-{key}"
     if (root / "index.json").exists():
         return ImageCache(root)
@@ -116,7 +124,8 @@ def build_image_cache(image_dirs: list[str], cache_dir: str | Path, max_side: in
             offsets.append(offset)
             offset += image.size
     if not keys:
-        raise FileNotFoundError(f"no readable training images in {list(image_dirs)}")
+        raise FileNotFoundError("no readable training images in "
+                                f"{sorted({folder for _, folder, _ in entries})}")
     os.replace(tmp, root / "images.u8")
     index = {"digest": key, "keys": keys, "names": names, "folders": folders,
              "shapes": shapes, "offsets": offsets, "max_side": max_side}

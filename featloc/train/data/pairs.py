@@ -1,20 +1,39 @@
-"""Homographic training pairs over any image folders (methods 1.9, 1.12.2, 1.12.3).
+"""SAMFeat training pairs: homographic pairs over any image folders (methods 1.9, 1.12.2,
+1.12.3) and, optionally, posed pairs with depth and pose (1.12.1), mixed in one dataset.
 
-Each item: a random square crop of a cached image (side drawn from [crop_min, crop_max] cached
-pixels, resized to `image_size`) is view 0; view 1 is the same source seen through a random
-homography H_0to1 (or an identity copy with probability `identity_prob`), both photometrically
-augmented independently. Both views are warps of the cached source image, by M0 (crop + resize)
-and M1 = H_0to1 @ M0, so view 1 shows real image content wherever the source has it.
+Homographic items (indices [0, repeat * #images)): a random square crop of a cached image
+(side drawn from [crop_min, crop_max] cached pixels, resized to `image_size`) is view 0; view 1
+is the same source seen through a random homography H_0to1 (or an identity copy with
+probability `identity_prob`), both photometrically augmented independently. Both views are
+warps of the cached source image, by M0 (crop + resize) and M1 = H_0to1 @ M0, so view 1 shows
+real image content wherever the source has it.
 
-Item keys (tensors; S = image_size, N = grid^2):
+Posed items (the next posed_repeat * #pairs indices; `data.posed_scenes`, folder format and
+crop recipe in `featloc.train.data.posed`): view 0 and view 1 are square crops of the two
+images of a pair, resized to `image_size`, photometrically augmented independently. points1
+is the projection of points0 with the depth of image 0, K0, T_0to1 and K1
+(`featloc.geometry.depth.project_with_depth`); valid requires depth at the point, a
+projection in front of camera 1 and inside view 1, and agreement with the depth of image 1
+(|z - depth1| < posed_depth_tol * depth1), so occluded points are invalid. H_0to1 is NaN.
+heatmap0/1 are the pseudo-labels of each image (homographic adaptation of that image itself),
+and the teacher targets those of each image, cropped like the view; valid_mask0/1 is all ones
+(the crops lie inside the images). No SAMFeat loss reads H_0to1: the detector term uses each
+view's own heatmap and mask, the descriptor and WSC terms points0/1, valid and not_search, the
+distillation and edge terms each view's teacher targets, so posed items use all five terms.
+
+Item keys, the same for both kinds (tensors; S = image_size, N = grid^2):
     image0/1 [3, S, S] uint8 RGB (4x less to move between processes; the task scales them to
-        [-1, 1] on the device, methods 1.2);  H_0to1 [3, 3] float32
+        [-1, 1] on the device, methods 1.2);  H_0to1 [3, 3] float32 (NaN for posed items)
     points0/1 [N, 2] float32 (x, y) pixels: one random integer point per grid cell of view 0, and
-        its warp by H_0to1;  valid [N] float32: the warped point lies inside view 1
+        its correspondence in view 1 (possibly outside the view; -1e4 where there is none,
+        e.g. no depth);
+        valid [N] float32: the correspondence exists and lies inside view 1
     not_search [N, N] bool: NS_ij = |p1_i - p1_j| <= not_search_px or j invalid (includes i = j)
     heatmap0/1 [S, S] float32: 1 at the rounded pseudo-keypoints (homographic adaptation labels
-        of the source, warped);  valid_mask0/1 [S, S] float32: the view pixel has a source pixel
-    teacher targets, warped with M0 / M1 (zero flags when the teacher gives none):
+        of the source image, warped);  valid_mask0/1 [S, S] float32: the view pixel has a
+        source pixel
+    teacher targets, warped with each view's map M0 / M1 from its source image (zero flags
+    when the teacher gives none):
         point_groups0/1 [N] int64 group id at each point (-1: none/invalid);
         groups_small0/1 [S/8, S/8] int64 (nearest);  edge0/1 [S/4, S/4] float32 in [0, 1]
         (nearest warp, then area downsampling);  embedding0/1 [C, S/8, S/8] float32 (bilinear;
@@ -34,11 +53,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ...geometry.depth import DEFAULT_REL_DEPTH_TOL, project_with_depth
 from ...geometry.homography import warp_points
 from ..labels import LabelConf, LabelStore
 from .augment import PhotometricConf, photometric
 from .cache import ImageCache
 from .homographies import HomographyConf, sample_view_pair, scale_matrix
+from .posed import PosedSource, PosedViews, sample_posed_views
 from .targets import TeacherStore, bilinear_sample
 
 
@@ -59,13 +80,20 @@ class PairsConf:
     photometric: PhotometricConf = field(default_factory=PhotometricConf)
     labels: LabelConf = field(default_factory=LabelConf)
     teacher: dict[str, Any] | None = None  # conf for featloc.teachers.build_teacher; None: none
-    posed_scenes: list[str] = field(default_factory=list)  # posed pairs (not implemented)
+    # posed pairs: scene folders (images/, depth/*.npy, pairs_gt.txt; featloc.train.data.posed)
+    posed_scenes: list[str] = field(default_factory=list)
+    posed_repeat: int = 1  # items per posed pair and epoch
+    posed_depth_tol: float = DEFAULT_REL_DEPTH_TOL  # occlusion check: |z - depth1| < tol depth1
 
     def __post_init__(self):
         if self.image_size % 16:
             raise ValueError(f"data.image_size must be a multiple of 16, got {self.image_size}")
         if not 0 < self.crop_min <= self.crop_max:
             raise ValueError("need 0 < data.crop_min <= data.crop_max")
+        if self.repeat < 0 or self.posed_repeat < 0:
+            raise ValueError("data.repeat and data.posed_repeat must be >= 0")
+        if self.posed_depth_tol <= 0:
+            raise ValueError("data.posed_depth_tol must be > 0")
 
 
 def _warp(src: np.ndarray, M: np.ndarray, size: int, interp: int, border=0) -> np.ndarray:
@@ -88,59 +116,134 @@ def not_search_matrix(points1: np.ndarray, valid: np.ndarray, radius: float) -> 
     return (d2 <= radius * radius) | ~valid[None, :]
 
 
-class HomographyPairs(Dataset):
-    def __init__(self, conf: PairsConf, images: ImageCache, labels: LabelStore | None,
-                 teacher: TeacherStore | None, seed: int):
-        if conf.posed_scenes:
-            raise NotImplementedError(
-                "data.posed_scenes (posed pairs from depth + COLMAP scenes) is not implemented "
-                "yet; use homographic pairs only (data.posed_scenes: [])")
+class TrainingPairs(Dataset):
+    """Homographic items, then posed items (module docstring).
+
+    Args:
+        conf: `PairsConf`.
+        images: the image cache of `conf.image_dirs` (None: no homographic items), with its
+            pseudo-labels `labels` and teacher targets `teacher` (None: none).
+        seed: the run's seed.
+        posed: the posed pairs (`featloc.train.data.posed.build_posed_source`), or None.
+    """
+
+    def __init__(self, conf: PairsConf, images: ImageCache | None, labels: LabelStore | None,
+                 teacher: TeacherStore | None, seed: int, posed: PosedSource | None = None):
         self.conf, self.images, self.labels, self.teacher = conf, images, labels, teacher
-        self.seed = seed
+        self.seed, self.posed = seed, posed
+        self.num_homographic = len(images) * conf.repeat if images is not None else 0
+        if len(self) == 0:
+            raise ValueError("no training pairs: give data.image_dirs and/or data.posed_scenes "
+                             "(with data.repeat / data.posed_repeat > 0)")
+        # images without an embedding are padded to the embedding size of the others
+        stores = [teacher, posed.teacher if posed is not None else None]
+        dims = {s.embedding_dim for s in stores if s is not None} - {0}
+        if len(dims) > 1:
+            raise ValueError(f"teacher embeddings of different sizes {sorted(dims)} for the "
+                             "homographic and the posed images")
+        self.embedding_dim = dims.pop() if dims else 0
 
     def __len__(self) -> int:
-        return len(self.images) * self.conf.repeat
+        posed = len(self.posed) * self.conf.posed_repeat if self.posed is not None else 0
+        return self.num_homographic + posed
 
     def __getitem__(self, item) -> dict[str, torch.Tensor]:
         epoch, index = item if isinstance(item, tuple) else (0, item)
-        rng_crop, rng_h, rng_grid, rng_p0, rng_p1 = (
-            np.random.default_rng(s)
-            for s in np.random.SeedSequence([self.seed, epoch, index]).spawn(5))
+        rngs = self._rngs(epoch, index)
+        if index < self.num_homographic:
+            return self._homographic(index, rngs)
+        return self._posed(index, rngs)
+
+    def _rngs(self, epoch: int, index: int) -> list[np.random.Generator]:
+        return [np.random.default_rng(s)
+                for s in np.random.SeedSequence([self.seed, epoch, index]).spawn(5)]
+
+    def posed_views(self, epoch: int, index: int) -> tuple[int, PosedViews]:
+        """(pair index, crops) of posed item `index` of `epoch` (for checks and figures)."""
+        p, views, _ = self._posed_views(index, self._rngs(epoch, index))
+        return p, views
+
+    def _posed_views(self, index: int, rngs: list):
+        if not self.num_homographic <= index < len(self):
+            raise IndexError(f"item {index} is not a posed item")
+        conf, posed = self.conf, self.posed
+        p = (index - self.num_homographic) % len(posed)
+        depths = (posed.depth(p, 0), posed.depth(p, 1))
+        views = sample_posed_views(posed, p, depths, conf.image_size, conf.crop_min,
+                                   conf.crop_max, conf.posed_depth_tol, rngs[0], rngs[1])
+        return p, views, depths
+
+    def _homographic(self, index: int, rngs: list) -> dict[str, torch.Tensor]:
+        rng_crop, rng_h, rng_grid, rng_p0, rng_p1 = rngs
         conf, S = self.conf, self.conf.image_size
         i = index % len(self.images)
         src = self.images.image(i)
-        h, w = src.shape[:2]
         M0, H = sample_view_pair(src.shape[:2], S, conf.crop_min, conf.crop_max,
                                  conf.identity_prob, conf.homography, rng_crop, rng_h)
-        Ms = (M0, H @ M0)
-
         points0 = grid_points(S, conf.grid, rng_grid)
         points1 = warp_points(points0, H).astype(np.float32)
         valid = np.isfinite(points1).all(1) & np.all((points1 >= 0) & (points1 <= S - 1), 1)
-        out = {
-            "H_0to1": torch.from_numpy(H.astype(np.float32)),
+        out = {"H_0to1": torch.from_numpy(H.astype(np.float32)),
+               **self._correspondences(points0, points1, valid)}
+        key = self.images.keys[i]
+        label_points = self.labels.load(key)[:, :2] if self.labels else None
+        targets = self.teacher.load(key) if self.teacher else {}
+        for v, (M, rng_p, pts) in enumerate(zip((M0, H @ M0), (rng_p0, rng_p1),
+                                                (points0, points1), strict=True)):
+            out.update(self._view(v, src, M, pts, label_points, targets, rng_p))
+        return out
+
+    def _posed(self, index: int, rngs: list) -> dict[str, torch.Tensor]:
+        _, _, rng_grid, rng_p0, rng_p1 = rngs  # the first two draw the crops
+        conf, S, posed = self.conf, self.conf.image_size, self.posed
+        p, views, depths = self._posed_views(index, rngs)
+        pair = posed.pairs[p].pair
+        points0 = grid_points(S, conf.grid, rng_grid)
+        full1, visible = project_with_depth(warp_points(points0, np.linalg.inv(views.A0)),
+                                            depths[0], pair.K0, pair.T_0to1, pair.K1, depths[1],
+                                            rel_depth_tol=conf.posed_depth_tol)
+        points1 = warp_points(full1, views.A1).astype(np.float32)
+        valid = visible & np.all((points1 >= 0) & (points1 <= S - 1), 1)
+        out = {"H_0to1": torch.full((3, 3), float("nan")),
+               **self._correspondences(points0, points1, valid)}
+        for v, (M, rng_p, pts) in enumerate(zip((views.M0, views.M1), (rng_p0, rng_p1),
+                                                (points0, points1), strict=True)):
+            i = posed.image_index[p, v]
+            key = posed.images.keys[i]
+            label_points = posed.labels.load(key)[:, :2] if posed.labels else None
+            targets = posed.teacher.load(key) if posed.teacher else {}
+            out.update(self._view(v, posed.images.image(i), M, pts, label_points, targets, rng_p))
+        return out
+
+    def _correspondences(self, points0: np.ndarray, points1: np.ndarray, valid: np.ndarray
+                         ) -> dict[str, torch.Tensor]:
+        return {
             "points0": torch.from_numpy(points0),
             "points1": torch.from_numpy(np.nan_to_num(points1, nan=-1e4, posinf=1e4, neginf=-1e4)),
             "valid": torch.from_numpy(valid.astype(np.float32)),
-            "not_search": torch.from_numpy(not_search_matrix(points1, valid, conf.not_search_px)),
+            "not_search": torch.from_numpy(
+                not_search_matrix(points1, valid, self.conf.not_search_px)),
         }
-        label_points = self.labels.load(self.images.keys[i])[:, :2] if self.labels else None
-        targets = self.teacher.load(self.images.keys[i]) if self.teacher else {}
-        ones = np.ones((h, w), np.uint8)
-        for v, (M, rng_p, pts) in enumerate(zip(Ms, (rng_p0, rng_p1), (points0, points1), strict=True)):
-            view = photometric(_warp(src, M, S, cv2.INTER_LINEAR), conf.photometric, rng_p)
-            out[f"image{v}"] = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1)))
-            mask = _warp(ones, M, S, cv2.INTER_NEAREST)
-            out[f"valid_mask{v}"] = torch.from_numpy(mask.astype(np.float32))
-            heat = np.zeros((S, S), np.float32)
-            if label_points is not None and len(label_points):
-                kp = np.round(warp_points(label_points, M))
-                ok = np.isfinite(kp).all(1) & np.all((kp >= 0) & (kp <= S - 1), 1)
-                kp = kp[ok].astype(np.int64)
-                heat[kp[:, 1], kp[:, 0]] = 1.0
-                heat *= mask
-            out[f"heatmap{v}"] = torch.from_numpy(heat)
-            out.update(self._teacher_view(targets, M, pts, v, (h, w)))
+
+    def _view(self, v: int, src: np.ndarray, M: np.ndarray, points: np.ndarray,
+              label_points: np.ndarray | None, targets: dict, rng: np.random.Generator
+              ) -> dict[str, torch.Tensor]:
+        """Image, valid mask, heatmap and teacher targets of view v = src warped by M."""
+        S = self.conf.image_size
+        h, w = src.shape[:2]
+        view = photometric(_warp(src, M, S, cv2.INTER_LINEAR), self.conf.photometric, rng)
+        out = {f"image{v}": torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1)))}
+        mask = _warp(np.ones((h, w), np.uint8), M, S, cv2.INTER_NEAREST)
+        out[f"valid_mask{v}"] = torch.from_numpy(mask.astype(np.float32))
+        heat = np.zeros((S, S), np.float32)
+        if label_points is not None and len(label_points):
+            kp = np.round(warp_points(label_points, M))
+            ok = np.isfinite(kp).all(1) & np.all((kp >= 0) & (kp <= S - 1), 1)
+            kp = kp[ok].astype(np.int64)
+            heat[kp[:, 1], kp[:, 0]] = 1.0
+            heat *= mask
+        out[f"heatmap{v}"] = torch.from_numpy(heat)
+        out.update(self._teacher_view(targets, M, points, v, (h, w)))
         return out
 
     def _teacher_view(self, targets: dict, M: np.ndarray, points: np.ndarray, v: int,
@@ -174,8 +277,7 @@ class HomographyPairs(Dataset):
         if emb is not None:
             out[f"embedding{v}"] = torch.from_numpy(self._warp_embedding(emb, M, src_hw))
         else:
-            dim = self.teacher.embedding_dim if self.teacher is not None else 0
-            out[f"embedding{v}"] = torch.zeros(dim, S // 8, S // 8)
+            out[f"embedding{v}"] = torch.zeros(self.embedding_dim, S // 8, S // 8)
         out[f"has_embedding{v}"] = torch.tensor(float(emb is not None))
         return out
 
@@ -189,3 +291,6 @@ class HomographyPairs(Dataset):
         (h, w), (eh, ew) = src_hw, emb.shape[1:]
         xy = (src + 0.5) * [ew / w, eh / h] - 0.5
         return bilinear_sample(emb, xy).reshape(-1, s8, s8)
+
+
+HomographyPairs = TrainingPairs  # its name before posed pairs were added

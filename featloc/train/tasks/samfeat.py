@@ -1,5 +1,7 @@
-"""SAMFeat training task: the SAMFeat networks, homographic pairs with pseudo-labels and teacher
-targets, and the five SAMFeat losses (methods section 1).
+"""SAMFeat training task: the SAMFeat networks, homographic pairs (and optionally posed pairs
+with depth and pose, `data.posed_scenes`) with pseudo-labels and teacher targets, and the five
+SAMFeat losses (methods section 1). No loss term reads H_0to1, so posed items (H_0to1 = NaN)
+train every term.
 
 A batch of B pairs runs as one forward pass over 2B images (all view-0 images first). Loss terms
 (each weighted from `losses`; weight 0 skips the term entirely): det (weighted BCE), des (MTLDesc
@@ -21,7 +23,8 @@ import torch
 from ...config import make_conf
 from .. import losses as L
 from ..data.cache import build_image_cache
-from ..data.pairs import HomographyPairs, PairsConf
+from ..data.pairs import PairsConf, TrainingPairs
+from ..data.posed import build_posed_source
 from ..data.targets import build_teacher_targets
 from ..labels import build_labels
 from ..validate import ValConf, evaluate_hpatches, list_sequences  # noqa: F401 (schema)
@@ -80,15 +83,23 @@ def build_model(conf) -> torch.nn.Module:
 
 def build_datasets(conf) -> dict:
     data = conf.data
-    if not data.image_dirs:
-        raise ValueError("data.image_dirs is empty: give at least one training image folder")
+    if not data.image_dirs and not data.posed_scenes:
+        raise ValueError("no training data: set data.image_dirs (homographic pairs) and/or "
+                         "data.posed_scenes (posed pairs, e.g. featloc make-scenes folders)")
     if conf.val.hpatches_dir:
         list_sequences(conf.val.hpatches_dir)  # fail now, not after hours of training
-    images = build_image_cache(list(data.image_dirs), data.cache_dir, data.cache_max_side)
-    labels = build_labels(images, data.labels, data.cache_dir) if conf.losses.detector > 0 else None
-    teacher = build_teacher_targets(images, dict(data.teacher), data.cache_dir) \
-        if data.teacher is not None else None
-    return {"train": HomographyPairs(data, images, labels, teacher, conf.train.seed)}
+    label_conf = data.labels if conf.losses.detector > 0 else None
+    images = labels = teacher = posed = None
+    if data.image_dirs:
+        images = build_image_cache(list(data.image_dirs), data.cache_dir, data.cache_max_side)
+        if label_conf is not None:
+            labels = build_labels(images, label_conf, data.cache_dir)
+        teacher = build_teacher_targets(images, dict(data.teacher), data.cache_dir) \
+            if data.teacher is not None else None
+    if data.posed_scenes:
+        posed = build_posed_source(list(data.posed_scenes), data.cache_dir, data.cache_max_side,
+                                   label_conf, data.teacher)
+    return {"train": TrainingPairs(data, images, labels, teacher, conf.train.seed, posed)}
 
 
 def _cat(batch: dict, key: str) -> torch.Tensor:
