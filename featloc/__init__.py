@@ -3,6 +3,8 @@
 Public API (stable):
     load_extractor(name, **conf) -> Extractor with .extract(image) -> Features
     load_matcher(name, **conf)   -> Matcher with .match(features0, features1) -> Matches
+    load_dense_matcher(name, **conf) -> DenseMatcher with .match(image0, image1)
+                                        -> (Features, Features, Matches)
     match_pair(extractor, matcher, image0, image1) -> (Features, Features, Matches)
     Features, Matches, TwoViewEstimate
 """
@@ -19,6 +21,8 @@ __all__ = [
     "match_pair",
     "available_extractors",
     "available_matchers",
+    "load_dense_matcher",
+    "available_dense_matchers",
 ]
 
 
@@ -36,6 +40,14 @@ def load_matcher(name: str, **conf):
     return build("matcher", name, **conf)
 
 
+def load_dense_matcher(name: str, **conf):
+    """Build the detector-free pair matcher registered as `name` (`samnet`, `coam`; see
+    `available_dense_matchers()`)."""
+    from .config import build
+
+    return build("dense", name, **conf)
+
+
 def available_extractors() -> list[str]:
     from .config import available
 
@@ -46,6 +58,12 @@ def available_matchers() -> list[str]:
     from .config import available
 
     return available("matcher")
+
+
+def available_dense_matchers() -> list[str]:
+    from .config import available
+
+    return available("dense")
 
 
 def match_pair(extractor, matcher, image0, image1):

@@ -18,6 +18,7 @@ COMMANDS = [
     "extract",
     "pairs",
     "match",
+    "match_dense",
     "retrieve",
     "localize_xy",
     "mapping",

@@ -75,10 +75,19 @@ _REGISTRY: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "attention-samfeat-lite": ("featloc.matching.attention:AttentionMatcher",
                                    {"weights": "attention-samfeat-lite"}),
     },
+    # Detector-free pair matchers (two images in, matched points out), featloc/matching/dense.py:
+    # shipped featloc/weights/<name>.pt or weights=PATH.
+    "dense": {
+        "samnet": ("featloc.matching.dense:DenseMatcher", {"arch": "samnet"}),
+        "coam": ("featloc.matching.dense:DenseMatcher", {"arch": "coam"}),
+    },
     # Global (image-level) descriptors for retrieval, featloc/loc/retrieval.py.
     "global": {
         "vlad": ("featloc.loc.retrieval:VLAD", {}),
         "gradhist": ("featloc.loc.retrieval:GradientHistogram", {}),
+        # learned NetVLAD / GeM over SAMFeat-lite maps: featloc/weights/<name>.pt or weights=PATH
+        "netvlad": ("featloc.loc.learned:LearnedGlobal", {"weights": "netvlad-samfeat-lite"}),
+        "gem": ("featloc.loc.learned:LearnedGlobal", {"weights": "gem-samfeat-lite"}),
     },
 }
 

@@ -15,7 +15,9 @@ def add_parser(sub, formatter):
         description="Evaluate features + matcher on an HPatches-format folder (the real "
         "HPatches or one made by `featloc make-hpatches`): pairs (1, k), MMA with the D2-Net "
         "protocol, homography accuracy and corner-error AUC at 1/3/5 px. Writes results.json, "
-        "summary.json, summary.md and mma.png to OUTPUT and prints the table.",
+        "summary.json, summary.md and mma.png to OUTPUT and prints the table. A detector-free "
+        "matcher (--matcher samnet|coam) matches the images directly: --features and "
+        "--extractor-conf are then unused.",
         formatter_class=formatter,
     )
     p.add_argument("--data", type=Path, required=True, help="HPatches-format folder")

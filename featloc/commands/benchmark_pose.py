@@ -18,7 +18,9 @@ def add_parser(sub, formatter):
         "angle), AUC at 5/10/20 deg; also match precision under the epipolar ground truth. "
         "PAIRS: SuperGlue 'pairs with GT' text (name0 name1 rot0 rot1 K0 K1 T_0to1), "
         "glue-factory pairs_calibrated text, or a LoFTR scene-info .npz. Writes results.json, "
-        "summary.json and summary.md to OUTPUT and prints the table.",
+        "summary.json and summary.md to OUTPUT and prints the table. A detector-free matcher "
+        "(--matcher samnet|coam) matches the images directly: --features and "
+        "--extractor-conf are then unused.",
         formatter_class=formatter,
     )
     p.add_argument("--pairs", type=Path, required=True, help="pairs with ground truth")

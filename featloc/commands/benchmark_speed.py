@@ -33,6 +33,11 @@ def add_parser(sub, formatter):
                    "them, e.g. --matchers attention --matcher-conf weights=PATH")
     p.add_argument("--num-keypoints", nargs="+", type=int, default=[512, 1024, 2048],
                    help="matcher timing mode: keypoint budgets per image")
+    # Dense mode: detector-free matchers, whole pair (images in, matches out) and memory.
+    p.add_argument("--dense", nargs="+", default=None, metavar="NAME",
+                   help="time these detector-free matchers (samnet, coam) per pair, each in a "
+                   "fresh process with its peak memory; --matcher-conf applies to them, e.g. "
+                   "weights=none for untrained networks of the default size")
     common.add_ransac_args(p)
     p.set_defaults(func=run)
 
@@ -50,6 +55,14 @@ def run(args) -> int:
         from ..io.images import read_image
 
         images = tuple(read_image(p) for p in args.images)
+    if args.dense:
+        from ..eval.speed import dense_speed_table, run_dense_speed_benchmark
+
+        result = run_dense_speed_benchmark(args.dense, width, height, args.repeats,
+                                           common.matcher_conf(args), args.output, images,
+                                           args.threads)
+        print(dense_speed_table(result))
+        return 0
     if args.matchers:
         from ..eval.speed import matcher_speed_table, run_matcher_speed_benchmark
 

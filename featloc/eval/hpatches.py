@@ -39,6 +39,7 @@ from ..geometry.metrics import error_auc
 from ..io.h5 import FeatureStore, MatchStore
 from ..io.images import IMAGE_EXTENSIONS
 from ..match import run_match
+from ..match_dense import is_dense_matcher, run_dense_for_benchmark
 from ..progress import track
 from .report import load_cached_records, write_json
 
@@ -225,6 +226,8 @@ def run_homography_benchmark(
         output_dir: gets the feature/match caches, results.json (per-pair records and the
             resolved confs), summary.json, summary.md and mma.png.
         features, matcher: registered names; extractor_conf, matcher_conf: their overrides.
+            A dense matcher (`samnet`, `coam`) matches the images directly; `features` and
+            `extractor_conf` are then unused and the summary's features read "dense".
         ransac: `RansacConf` overrides (default: OpenCV USAC-MAGSAC, 3 px, seed 0).
         keep_high_res: keep the 8 high-resolution sequences that D2-Net excludes.
     Returns:
@@ -236,18 +239,23 @@ def run_homography_benchmark(
     names = sorted({n for p in pairs for n in (p.name0, p.name1)})
 
     # Cache names encode the configurations, so changing one never reuses stale entries.
-    extractor = build("extractor", features, **(extractor_conf or {}))
-    fconf = {"name": features, **dataclasses.asdict(extractor.conf)}
-    model = build("matcher", matcher, **(matcher_conf or {}))
-    mconf = {"name": matcher, **dataclasses.asdict(model.conf)}
     rconf = dataclasses.asdict(ransac_conf(ransac))
-    feats_path = output_dir / f"feats-{features}-{digest(fconf)}.h5"
-    matches_path = output_dir / f"matches-{features}-{digest(fconf)}_{matcher}-{digest(mconf)}.h5"
-
-    extract_report = run_extract(data_dir, feats_path, features, extractor_conf, names=names)
-    match_report = run_match(
-        feats_path, [(p.name0, p.name1) for p in pairs], matches_path, matcher, matcher_conf
-    )
+    if is_dense_matcher(matcher):  # keypoints come from the matches (featloc.match_dense)
+        features, fconf, mconf, feats_path, matches_path, extract_report, match_report = \
+            run_dense_for_benchmark(data_dir, [(p.name0, p.name1) for p in pairs], output_dir,
+                                    matcher, matcher_conf)
+    else:
+        extractor = build("extractor", features, **(extractor_conf or {}))
+        fconf = {"name": features, **dataclasses.asdict(extractor.conf)}
+        model = build("matcher", matcher, **(matcher_conf or {}))
+        mconf = {"name": matcher, **dataclasses.asdict(model.conf)}
+        feats_path = output_dir / f"feats-{features}-{digest(fconf)}.h5"
+        matches_path = (output_dir
+                        / f"matches-{features}-{digest(fconf)}_{matcher}-{digest(mconf)}.h5")
+        extract_report = run_extract(data_dir, feats_path, features, extractor_conf, names=names)
+        match_report = run_match(
+            feats_path, [(p.name0, p.name1) for p in pairs], matches_path, matcher, matcher_conf
+        )
 
     cached = load_cached_records(output_dir / RESULTS)
     records, computed, missing = [], 0, []

@@ -51,6 +51,7 @@ from ..geometry.pose import Pose
 from ..io.h5 import FeatureStore, MatchStore
 from ..io.images import ImageReadError, read_image, resize_image, write_image
 from ..match import run_match
+from ..match_dense import is_dense_matcher, run_dense_for_benchmark
 from ..progress import track
 from .report import (
     RESULTS,
@@ -374,6 +375,8 @@ def run_pose_benchmark(
         pairs_file: pairs with ground truth (formats: module doc); image_dir: image root.
         output_dir: gets prepared images, feature/match caches and the reports.
         features, matcher: registered names; extractor_conf, matcher_conf: overrides.
+            A dense matcher (`samnet`, `coam`) matches the images directly; `features` and
+            `extractor_conf` are then unused and the summary's features read "dense".
         ransac: `RansacConf` overrides on top of `PROTOCOL_RANSAC`.
         resize: "WxH", a long side in px, or None (original images).
         epipolar_th: match precision threshold (normalised coordinates, squared-distance
@@ -391,23 +394,27 @@ def run_pose_benchmark(
         views, image_dir, output_dir / f"images-{digest(prep_conf)}", resize_wh, resize_max
     )
 
-    extractor = build("extractor", features, **(extractor_conf or {}))
-    fconf = {"name": features, **dataclasses.asdict(extractor.conf)}
-    model = build("matcher", matcher, **(matcher_conf or {}))
-    mconf = {"name": matcher, **dataclasses.asdict(model.conf)}
     rconf = dataclasses.asdict(ransac_conf({**PROTOCOL_RANSAC, **(ransac or {})}))
-    feats_path = output_dir / f"feats-{features}-{digest(fconf, prep_conf)}.h5"
-    matches_path = output_dir / (
-        f"matches-{features}-{digest(fconf, prep_conf)}_{matcher}-{digest(mconf)}.h5"
-    )
-    names = sorted({v.name for v in prepared.values()})
-    extract_report = run_extract(root, feats_path, features, extractor_conf, names=names)
     pair_names = list(dict.fromkeys(
         (prepared[p.name0, p.rot0].name, prepared[p.name1, p.rot1].name)
         for p in pairs if (p.name0, p.rot0) in prepared and (p.name1, p.rot1) in prepared
     ))
     unique = list({frozenset(pn): pn for pn in pair_names if pn[0] != pn[1]}.values())
-    match_report = run_match(feats_path, unique, matches_path, matcher, matcher_conf)
+    if is_dense_matcher(matcher):  # keypoints come from the matches (featloc.match_dense)
+        features, fconf, mconf, feats_path, matches_path, extract_report, match_report = \
+            run_dense_for_benchmark(root, unique, output_dir, matcher, matcher_conf, prep_conf)
+    else:
+        extractor = build("extractor", features, **(extractor_conf or {}))
+        fconf = {"name": features, **dataclasses.asdict(extractor.conf)}
+        model = build("matcher", matcher, **(matcher_conf or {}))
+        mconf = {"name": matcher, **dataclasses.asdict(model.conf)}
+        feats_path = output_dir / f"feats-{features}-{digest(fconf, prep_conf)}.h5"
+        matches_path = output_dir / (
+            f"matches-{features}-{digest(fconf, prep_conf)}_{matcher}-{digest(mconf)}.h5"
+        )
+        names = sorted({v.name for v in prepared.values()})
+        extract_report = run_extract(root, feats_path, features, extractor_conf, names=names)
+        match_report = run_match(feats_path, unique, matches_path, matcher, matcher_conf)
 
     cached = load_cached_records(output_dir / RESULTS)
     records, computed, missing = [], 0, []

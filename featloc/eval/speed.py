@@ -241,3 +241,85 @@ def matcher_speed_table(result: dict) -> str:
                 f"{r['num_matches']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _time_dense(name: str, conf: dict, image0, image1, repeats: int, threads: int) -> dict:
+    """One dense matcher's timing and memory, in the calling (fresh) process."""
+    import resource
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    matcher = build("dense", name, **conf)
+    before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seconds, points = median_time(lambda: matcher.match_points(image0, image1), repeats)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
+    return {"pair_s": seconds, "num_matches": int(len(points["scores"])),
+            "peak_rss_mb": peak_kb / 1024, "match_rss_mb": max(peak_kb - before_kb, 0) / 1024,
+            "parameters": sum(p.numel() for p in matcher.net.parameters()),
+            "torch_threads": torch.get_num_threads()}
+
+
+def run_dense_speed_benchmark(
+    matchers: list[str],
+    width: int = 640,
+    height: int = 480,
+    repeats: int = 10,
+    matcher_conf: dict | None = None,
+    output: str | Path | None = None,
+    images: tuple[np.ndarray, np.ndarray] | None = None,
+    threads: int = 0,
+) -> dict:
+    """Time the dense matchers on one pair (median seconds per pair, both images in, matches
+    out) and measure their peak memory.
+
+    Each matcher runs in a fresh spawned process, so its peak resident memory (ru_maxrss)
+    is its own: `peak_rss_mb` is the process peak (Python, torch, the model and the
+    matching), `match_rss_mb` the growth of that peak while matching (activations, the
+    coarse similarity matrix). `matcher_conf` applies to every matcher (e.g. weights=none
+    to time untrained networks of the default size).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if images is None:
+        image0, image1, _ = make_pair(width, height)
+    else:
+        image0, image1 = images
+    rows = {}
+    context = multiprocessing.get_context("spawn")
+    for name in matchers:
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            rows[name] = pool.submit(_time_dense, name, dict(matcher_conf or {}), image0, image1,
+                                     repeats, threads).result()
+        logger.info("%s: %.0f ms per pair, peak %.0f MB", name, 1e3 * rows[name]["pair_s"],
+                    rows[name]["peak_rss_mb"])
+    result = {
+        "mode": "dense",
+        "image_size": [int(image0.shape[1]), int(image0.shape[0])],
+        "repeats": repeats,
+        "matcher_conf": dict(matcher_conf or {}),
+        "machine": {**_machine(), "torch_threads": next(iter(rows.values()))["torch_threads"]
+                    if rows else threads},
+        "results": rows,
+    }
+    _write(output, "speed-dense", result, dense_speed_table(result))
+    return result
+
+
+def dense_speed_table(result: dict) -> str:
+    w, h = result["image_size"]
+    lines = [
+        f"Dense matchers: median time per {w}x{h} pair, {result['repeats']} runs, "
+        f"{result['machine']['torch_threads']} torch thread(s)",
+        "",
+        "| matcher | pair (ms) | matches | peak RSS (MB) | matching RSS growth (MB) | "
+        "parameters |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in result["results"].items():
+        lines.append(f"| {name} | {1e3 * r['pair_s']:.0f} | {r['num_matches']} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['match_rss_mb']:.0f} | "
+                     f"{r['parameters'] / 1e6:.2f} M |")
+    return "\n".join(lines) + "\n"

@@ -21,7 +21,8 @@ from ...config import ConfigError
 TASKS = {
     "samfeat": "featloc.train.tasks.samfeat",
     "attention": "featloc.train.tasks.attention",
-    # "dense_matcher": "featloc.train.tasks.dense_matcher",
+    "retrieval": "featloc.train.tasks.retrieval",
+    "dense": "featloc.train.tasks.dense",
 }
 
 
