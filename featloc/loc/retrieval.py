@@ -8,11 +8,14 @@ Global descriptors are components of the registry kind "global" (`featloc.config
   (Arandjelovic & Zisserman 2013), then L2-normalised. No training data beyond the database.
 - `gradhist`: a cheap image-only baseline, a spatial pyramid (1x1, 2x2, 4x4) of gradient
   orientation histograms with Hellinger normalisation.
+- `netvlad`, `gem` (featloc/loc/learned.py): learned NetVLAD / GeM pooling over the dense
+  maps of the project's SAMFeat-lite network, trained with `featloc train` (task
+  `retrieval`), weights loaded by preset name or `weights=PATH`.
 
-Extension point for learned descriptors: subclass `GlobalDescriptor` with `input = "image"`
-(e.g. GeM or NetVLAD pooling over the dense descriptor map of a SAMFeat network, loaded from
-the project's weights by preset name), implement `describe(image=...)` and add the class
-to `_REGISTRY["global"]` in featloc/config.py. Storage, indexing and pairs do not change.
+Extension point: subclass `GlobalDescriptor` (`input = "image"` or "local_features"),
+implement `describe` (and `describe_batch` where a batch is faster, `fingerprint` where
+weights outside the conf decide the output) and add the class to `_REGISTRY["global"]` in
+featloc/config.py. Storage, indexing and pairs do not change.
 
 Storage: one HDF5 file per configuration (`GlobalStore`: one group per image, dataset
 `global_descriptor` [D] float32, L2-normalised), resumable like `run_extract` (per-image
@@ -101,6 +104,15 @@ class GlobalDescriptor:
 
     def describe(self, image: np.ndarray | None = None, features: Features | None = None) -> np.ndarray:
         raise NotImplementedError
+
+    def describe_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Descriptors of several images (input "image"); override where batching helps."""
+        return [self.describe(image=image) for image in images]
+
+    def fingerprint(self) -> str | None:
+        """What decides the output beyond the conf (e.g. a digest of a weights file); it
+        enters the cache digest, so retrained weights never reuse stale descriptors."""
+        return None
 
 
 def _l2(v: np.ndarray) -> np.ndarray:
@@ -311,12 +323,25 @@ def compute_global(
                 raise FileNotFoundError(f"{state_path}: no fitted {name} state (vocabulary)")
             model.load_state(dict(np.load(state_path)))
         state_digest = _state_digest(model.state())
+    else:
+        state_digest = model.fingerprint()
     output = work_dir / f"global-{name}-{digest(resolved, state_digest)}.h5"
     conf_digest = digest(resolved, state_digest)
-    done = []
+    finished = set()
+    pending: list[tuple[str, np.ndarray, str]] = []  # images waiting for a batched describe
+    batch_size = max(1, int(getattr(model.conf, "batch_size", 1)))
     fstore = FeatureStore(local_path, "r") if local_path is not None else None
     try:
         with GlobalStore(output, "a", attrs=conf_attrs(resolved, state=str(state_path))) as store:
+
+            def flush() -> None:
+                vectors = model.describe_batch([image for _, image, _ in pending])
+                for (image_name, _, entry), vector in zip(pending, vectors, strict=True):
+                    store.write(image_name, vector, attrs={"digest": entry})
+                    report.done += 1
+                    finished.add(image_name)
+                pending.clear()
+
             for image_name in track(names, desc=f"global {name}"):
                 if fstore is not None:
                     if image_name not in fstore:
@@ -331,24 +356,29 @@ def compute_global(
                 entry = digest(conf_digest, source)
                 if not overwrite and image_name in store and store.entry_attrs(image_name).get("digest") == entry:
                     report.skipped += 1
-                    done.append(image_name)
+                    finished.add(image_name)
                     continue
                 if fstore is not None:
-                    vector = model.describe(features=fstore.read(image_name))
-                else:
-                    try:
-                        image = read_image(image_dir / image_name)
-                    except ImageReadError as exc:
-                        report.fail(image_name, str(exc))
-                        continue
-                    vector = model.describe(image=image)
-                store.write(image_name, vector, attrs={"digest": entry})
-                report.done += 1
-                done.append(image_name)
+                    store.write(image_name, model.describe(features=fstore.read(image_name)),
+                                attrs={"digest": entry})
+                    report.done += 1
+                    finished.add(image_name)
+                    continue
+                try:
+                    image = read_image(image_dir / image_name)
+                except ImageReadError as exc:
+                    report.fail(image_name, str(exc))
+                    continue
+                pending.append((image_name, image, entry))
+                if len(pending) >= batch_size:
+                    flush()
+            if pending:
+                flush()
     finally:
         if fstore is not None:
             fstore.close()
     report.log_summary()
+    done = [n for n in names if n in finished]
     return GlobalFiles(output, state_path, local_path, done, report)
 
 

@@ -704,8 +704,8 @@ def covisibility(world_points, depth, camera: Camera, pose: Pose, tol=OVERLAP_DE
     return float(seen.mean())
 
 
-def overlap_matrix(depths, cameras, poses, stride: int = OVERLAP_STRIDE_PX) -> np.ndarray:
-    """[N, N] overlap: min of the two directional covisibilities (1 on the diagonal)."""
+def covisibility_matrix(depths, cameras, poses, stride: int = OVERLAP_STRIDE_PX) -> np.ndarray:
+    """[N, N] directional covisibility: [i, j] = share of view i's pixels that view j sees."""
     n = len(depths)
     points = [_grid_points(d, c, p, stride) for d, c, p in zip(depths, cameras, poses, strict=True)]
     cov = np.eye(n)
@@ -713,6 +713,12 @@ def overlap_matrix(depths, cameras, poses, stride: int = OVERLAP_STRIDE_PX) -> n
         for j in range(n):
             if i != j:
                 cov[i, j] = covisibility(points[i], depths[j], cameras[j], poses[j])
+    return cov
+
+
+def overlap_matrix(depths, cameras, poses, stride: int = OVERLAP_STRIDE_PX) -> np.ndarray:
+    """[N, N] overlap: min of the two directional covisibilities (1 on the diagonal)."""
+    cov = covisibility_matrix(depths, cameras, poses, stride)
     return np.minimum(cov, cov.T)
 
 
