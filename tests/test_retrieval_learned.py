@@ -111,6 +111,8 @@ def test_missing_weights_name_the_file_and_the_command(tmp_path):
     if not learned_weights("netvlad-samfeat-lite").is_file():  # before weights are shipped
         with pytest.raises(FileNotFoundError, match="netvlad-samfeat-lite.pt"):
             build("global", "netvlad")
+    else:  # the shipped file loads offline by preset name
+        assert build("global", "netvlad").descriptor_dim == 512
 
 
 def test_netvlad_cluster_init_matches_nearest_centroid():
