@@ -31,7 +31,7 @@ import numpy as np
 
 from .batch import BatchReport, digest, file_digest
 from .config import available, build
-from .io.h5 import FeatureStore, MatchStore, _AtomicH5, conf_attrs, names_to_pair
+from .io.h5 import AtomicH5, FeatureStore, MatchStore, conf_attrs, names_to_pair
 from .io.images import ImageReadError, read_image
 from .io.pairs import read_pairs
 from .progress import track
@@ -57,7 +57,7 @@ def default_features_path(output: str | Path) -> Path:
     return output.with_name(output.name.removesuffix(".h5") + "-keypoints.h5")
 
 
-class PairPointsStore(_AtomicH5):
+class PairPointsStore(AtomicH5):
     """Raw dense matches per pair (crash-safe like the other stores): `points0`, `points1`
     [K, 2] float32 original pixels, `scores` [K] float32, `image_size0/1` (w, h); the group
     attribute `digest` identifies the inputs and `names` the two image names."""

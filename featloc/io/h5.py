@@ -62,7 +62,7 @@ def _fsync_path(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-class _AtomicH5:
+class AtomicH5:
     """Shared machinery: buffered writes to shards, merged atomically into the main file."""
 
     leaf_key = ""  # dataset that marks a complete entry
@@ -239,7 +239,7 @@ class _AtomicH5:
         self.close()
 
 
-class FeatureStore(_AtomicH5):
+class FeatureStore(AtomicH5):
     """Local features per image name. `write(name, features)`, `read(name) -> Features`."""
 
     leaf_key = "keypoints"
@@ -283,7 +283,7 @@ class FeatureStore(_AtomicH5):
         )
 
 
-class MatchStore(_AtomicH5):
+class MatchStore(AtomicH5):
     """Matches per image pair, keyed by hloc's pair name, with reversed-pair lookup."""
 
     leaf_key = "matches0"
@@ -330,7 +330,7 @@ class MatchStore(_AtomicH5):
         return Matches.from_indices(idx, stored.scores(), num_keypoints0)
 
 
-class GlobalStore(_AtomicH5):
+class GlobalStore(AtomicH5):
     """One global (image-level) descriptor per image name: dataset `global_descriptor` [D]
     float32 (hloc's retrieval layout)."""
 
