@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import pickle
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -586,23 +585,16 @@ class AttentionMatcherNet(nn.Module):
 def save_attention_net(net: AttentionMatcherNet, path: str | Path, dtype: torch.dtype = torch.float32,
                        **meta) -> Path:
     """Write `{"net_conf", "state_dict", "meta"}` atomically (floats cast to `dtype`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
-             for k, v in net.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"net_conf": asdict(net.conf), "state_dict": state, "meta": meta}, tmp)
-    os.replace(tmp, path)
-    return path
+    from .weights import save_net
+
+    return save_net(net, path, dtype, **meta)
 
 
 def net_from_state(net_conf: dict, state_dict: dict) -> AttentionMatcherNet:
     from ..config import make_conf
+    from .weights import load_float_state
 
-    net = AttentionMatcherNet(make_conf(AttentionNetConf, net_conf))
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v
-                         for k, v in state_dict.items()})
-    return net.eval()
+    return load_float_state(AttentionMatcherNet(make_conf(AttentionNetConf, net_conf)), state_dict)
 
 
 def load_attention_net(path: str | Path) -> AttentionMatcherNet:

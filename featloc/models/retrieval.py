@@ -214,13 +214,9 @@ def build_retrieval_net(conf: RetrievalNetConf, backbone_weights: str | Path | N
 def save_retrieval_net(net: RetrievalNet, path: str | Path, dtype: torch.dtype = torch.float32,
                        **meta) -> Path:
     """Save the net (floats cast to `dtype`) in the format `load_retrieval_net` reads."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu())
-             for k, v in net.state_dict().items()}
-    torch.save({"net_conf": asdict(net.conf), "backbone_conf": asdict(net.backbone.conf),
-                "state_dict": state, "meta": meta}, path)
-    return path
+    from .weights import save_net
+
+    return save_net(net, path, dtype, {"backbone_conf": asdict(net.backbone.conf)}, **meta)
 
 
 def load_retrieval_net(path: str | Path) -> RetrievalNet:

@@ -22,13 +22,12 @@ task load as well.
 
 from __future__ import annotations
 
-import os
 import pickle
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from ..weights import load_float_state, save_net
 from .base import DenseMatchingNet, dual_softmax, mutual_matches
 from .coam import CoAM
 from .conf import COARSE_STRIDE, FINE_STRIDE, DenseNetConf
@@ -46,23 +45,13 @@ def build_dense_net(conf: DenseNetConf) -> DenseMatchingNet:
 def save_dense_net(net: DenseMatchingNet, path: str | Path, dtype: torch.dtype = torch.float32,
                    **meta) -> Path:
     """Write `{"net_conf", "state_dict", "meta"}` atomically (floats cast to `dtype`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
-             for k, v in net.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"net_conf": asdict(net.conf), "state_dict": state, "meta": meta}, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_net(net, path, dtype, **meta)
 
 
 def _from_state(net_conf: dict, state_dict: dict) -> DenseMatchingNet:
     from ...config import make_conf
 
-    net = build_dense_net(make_conf(DenseNetConf, net_conf))
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v
-                         for k, v in state_dict.items()})
-    return net.eval()
+    return load_float_state(build_dense_net(make_conf(DenseNetConf, net_conf)), state_dict)
 
 
 def load_dense_net(path: str | Path) -> DenseMatchingNet:
