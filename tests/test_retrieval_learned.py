@@ -17,7 +17,6 @@ from featloc.cli import main
 from featloc.config import build
 from featloc.features.samfeat import shipped_weights
 from featloc.io.images import write_image
-from featloc.loc.learned import shipped_weights as learned_weights
 from featloc.models.retrieval import (
     RetrievalNet,
     RetrievalNetConf,
@@ -25,6 +24,7 @@ from featloc.models.retrieval import (
     load_retrieval_net,
     save_retrieval_net,
 )
+from featloc.models.weights import shipped_weights as learned_weights
 from featloc.synth.textures import random_scene_image
 from featloc.train.conf import load_config
 from featloc.train.tasks import retrieval as task

@@ -106,6 +106,22 @@ def test_lite_is_small_and_trainable(lite_net):
     assert all(p.grad is not None for p in net.parameters())
 
 
+@pytest.mark.parametrize("arch", ["lite", "vgg"])
+def test_eag_off_cuts_the_edge_out_of_detection_and_description(arch):
+    """The ablation baseline (eag=False): logits and descriptors no longer depend on the edge
+    head, which still gives its map; with EAG on they do."""
+    x = torch.rand(1, 3, 32, 48) * 2 - 1
+    for eag in (False, True):
+        torch.manual_seed(0)
+        net = build_samfeat_net(SAMFeatNetConf(arch=arch, eag=eag)).eval()
+        out = net(x)
+        _check_shapes(out, 1, 32, 48)
+        (out["logits"].sum() + out["desc_map"].sum()).backward()
+        touched = net.edge_head.weight.grad is not None and net.edge_head.weight.grad.abs().sum() > 0
+        assert touched == eag
+        assert (net.edge_attention is not None) == eag
+
+
 def test_input_must_be_multiple_of_16(lite_net):
     with pytest.raises(ValueError, match="multiples of 16"):
         lite_net(torch.zeros(1, 3, 40, 48))

@@ -28,13 +28,13 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..io.images import resize_image, to_gray, to_rgb, to_uint8
+from ..models.weights import shipped_weights as _shipped
 from ..types import Features
 from .base import Extractor, ExtractorConf
 
@@ -89,8 +89,7 @@ class SAMFeatConf(ExtractorConf):
 
 def shipped_weights(arch: str) -> Path:
     """Path of the weights file shipped in the package for `arch` (it may not exist)."""
-    name = f"{WEIGHT_NAMES[arch]}.pt"
-    return Path(str(resources.files("featloc").joinpath("weights", name)))
+    return _shipped(WEIGHT_NAMES[arch])
 
 
 def _missing_weights_message(arch: str, path: Path) -> str:

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from ..io.images import resize_image, to_rgb, to_uint8
+from ..models.weights import is_weights_path, weights_file
 from .retrieval import GlobalConf, GlobalDescriptor
 
 logger = logging.getLogger(__name__)
@@ -52,19 +53,12 @@ class LearnedGlobalConf(GlobalConf):
             raise ValueError("batch_size must be >= 1 and resize_max >= 0")
 
 
-def shipped_weights(name: str) -> Path:
-    from importlib import resources
-
-    return Path(str(resources.files("featloc").joinpath("weights", f"{name}.pt")))
-
-
 def weights_path(weights: str) -> Path:
     """The file of `weights` (a shipped name or a path); a clear error when it is missing."""
-    is_path = "/" in weights or weights.endswith((".pt", ".pth")) or Path(weights).is_file()
-    path = Path(weights) if is_path else shipped_weights(weights)
+    path = weights_file(weights)
     if path.is_file():
         return path
-    if is_path:
+    if is_weights_path(weights):
         raise FileNotFoundError(f"retrieval weights not found: {path}")
     raise FileNotFoundError(
         f"retrieval weights not found: {path} ({weights} has no trained weights shipped yet). "

@@ -15,11 +15,11 @@ Inference options (LightGlue defaults): `filter_threshold` 0.1, adaptive depth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from ..models.weights import is_weights_path, shipped_weights
 from ..types import Features, Matches
 from .base import Matcher, MatcherConf
 
@@ -40,16 +40,6 @@ class AttentionConf(MatcherConf):
     sinkhorn_iterations: int = 0  # sinkhorn models: iterations at inference; 0: the model's
     device: str = "cpu"  # torch device
     precision: str = "float32"  # float32 | bfloat16 (autocast; assignment stays float32)
-
-
-def shipped_weights(name: str) -> Path:
-    """Path of the shipped weights file `featloc/weights/<name>.pt` (it may not exist)."""
-    return Path(str(resources.files("featloc").joinpath("weights", f"{name}.pt")))
-
-
-def is_weights_path(weights: str) -> bool:
-    """A file path (contains a separator or ends in .pt), else a shipped weights name."""
-    return "/" in weights or "\\" in weights or weights.endswith(".pt")
 
 
 def missing_weights_message(name: str, path: Path) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from ..io.images import resize_image, to_rgb, to_uint8
 from ..models.dense.conf import COARSE_STRIDE
+from ..models.weights import is_weights_path, weights_file
 from ..types import Features, Matches
 
 logger = logging.getLogger(__name__)
@@ -60,11 +60,6 @@ class DenseMatcherConf:
     max_points: int = 4096  # coam: cells per image kept by distinctiveness (methods 4.5)
     device: str = "cpu"  # torch device
     precision: str = "float32"  # float32 | bfloat16 (autocast; geometry stays float32)
-
-
-def shipped_weights(name: str) -> Path:
-    """Path of the shipped weights file `featloc/weights/<name>.pt` (it may not exist)."""
-    return Path(str(resources.files("featloc").joinpath("weights", f"{name}.pt")))
 
 
 def missing_weights_message(name: str, path: Path) -> str:
@@ -117,14 +112,11 @@ class DenseMatcher:
                     net = build_dense_net(make_conf(DenseNetConf, {**conf.net,
                                                                    "arch": conf.arch}))
             else:
-                if "/" in weights or "\\" in weights or weights.endswith(".pt"):
-                    path = Path(weights)
-                    if not path.is_file():
-                        raise FileNotFoundError(f"dense matcher weights not found: {path}")
-                else:
-                    path = shipped_weights(weights)
-                    if not path.is_file():
-                        raise FileNotFoundError(missing_weights_message(weights, path))
+                path = weights_file(weights)
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"dense matcher weights not found: {path}" if is_weights_path(weights)
+                        else missing_weights_message(weights, path))
                 net = load_dense_net(path)
         if net.conf.arch != conf.arch:
             raise ValueError(f"dense matcher: the weights are a {net.conf.arch} network, the "

@@ -59,6 +59,10 @@ class SAMFeatNetConf:
     # channel) or "spatial" (tokens = positions, torch SDPA); None: row_official for vgg,
     # spatial for lite
     eag_mode: str | None = None
+    # Edge Attention Guidance on (default) or off (the ablation baseline, paper Table 3): off,
+    # C3 enters the detector un-gated and F skips the edge attention; the edge head stays (its
+    # loss is the trainer's losses.edge).
+    eag: bool = True
     descriptor_dim: int = 128  # channels of Draw
     distill_dim: int = 256  # channels of F_D (the SAM teacher embedding dimension)
     attention_heads: int = 8  # spatial EAG heads (vgg: 8 x 48 dims, methods 1.6.4)
@@ -191,11 +195,12 @@ class _Heads(nn.Module):
 
     def _init_heads(self, conf: SAMFeatNetConf, c3: int, c4: int, feature_dim: int,
                     descriptor_kernel: int, attention: EdgeAttention):
+        self.eag = conf.eag
         self.edge_head = nn.Conv2d(feature_dim, 1, 1)
         self.heatmap3 = nn.Conv2d(c3, 1, 3, padding=1)
         self.heatmap4 = nn.Conv2d(c4, 1, 3, padding=1)
         self.alphas = nn.Parameter(torch.tensor(ALPHA_INIT))  # learnable, unconstrained
-        self.edge_attention = attention
+        self.edge_attention = attention if conf.eag else None
         self.weight_head = nn.Conv2d(1, 1, 3, padding=1)
         self.descriptor_head = nn.Conv2d(
             feature_dim, conf.descriptor_dim, descriptor_kernel, padding=descriptor_kernel // 2
@@ -206,7 +211,8 @@ class _Heads(nn.Module):
 
     def _heads(self, c1, c2, c3, c4, feature, distill) -> dict[str, torch.Tensor]:
         edge = torch.sigmoid(self.edge_head(feature))
-        c3 = c3 * (1 + edge)  # EAG for detection: C3' = C3 * E + C3
+        if self.eag:
+            c3 = c3 * (1 + edge)  # EAG for detection: C3' = C3 * E + C3
         a = self.alphas
         # S = sum_i alpha_i * up(s_i), in float32 even under autocast (bfloat16 logits would
         # create ties in NMS); bilinear upsampling is linear, so alpha is applied at the
@@ -218,7 +224,8 @@ class _Heads(nn.Module):
             + _resize(a[2] * self.heatmap3(c3).float(), s1)
             + _resize(a[3] * self.heatmap4(c4).float(), s1)
         )
-        feature = self.edge_attention(feature, edge)
+        if self.eag:
+            feature = self.edge_attention(feature, edge)
         weight_map = F.softplus(self.weight_head(_channel_mean(feature)))
         desc_map = self.descriptor_head(feature)
         return {

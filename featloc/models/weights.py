@@ -1,20 +1,46 @@
 """Weights files of the project's networks: `{"net_conf", ..., "state_dict", "meta"}`, written
-atomically (an interrupted export never leaves a half file) and read back in float32."""
+atomically (an interrupted export never leaves a half file) and read back in float32; where
+the shipped ones live. Importing this module does not import torch (extractors and matchers
+load it lazily)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
-def save_net(net: nn.Module, path: str | Path, dtype: torch.dtype = torch.float32,
+def shipped_weights(name: str) -> Path:
+    """Path of the weights file shipped in the package, `featloc/weights/<name>.pt` (it may not
+    exist)."""
+    from importlib import resources
+
+    return Path(str(resources.files("featloc").joinpath("weights", f"{name}.pt")))
+
+
+def is_weights_path(weights: str) -> bool:
+    """A file path (a separator, a .pt/.pth suffix, or an existing file), else a shipped name."""
+    return ("/" in weights or "\\" in weights or weights.endswith((".pt", ".pth"))
+            or Path(weights).is_file())
+
+
+def weights_file(weights: str) -> Path:
+    """The file `weights` names: itself if it is a path, else the shipped `<weights>.pt`."""
+    return Path(weights) if is_weights_path(weights) else shipped_weights(weights)
+
+
+def save_net(net: nn.Module, path: str | Path, dtype: torch.dtype | None = None,
              extra: dict | None = None, **meta) -> Path:
-    """Write `net` (floats cast to `dtype`, its `conf` dataclass as `net_conf`, plus `extra`
-    top-level entries) to `path` atomically."""
+    """Write `net` (floats cast to `dtype`, default float32; its `conf` dataclass as
+    `net_conf`, plus `extra` top-level entries) to `path` atomically."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())

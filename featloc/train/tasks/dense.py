@@ -27,7 +27,6 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,7 @@ from ...models.dense import (
     save_dense_net,
 )
 from ...models.dense.blocks import cell_grid, cells_to_pixels, pixels_to_cells
+from ...models.weights import weights_file
 from .. import dense_losses as DL
 from ..data.cache import build_image_cache, digest
 from ..data.dense import VAL_EPOCH, DenseDataConf, DensePairs
@@ -136,17 +136,11 @@ def build_datasets(conf) -> dict:
 _TEACHERS: dict[tuple[str, str], torch.nn.Module] = {}
 
 
-def teacher_path(name: str) -> Path:
-    if "/" in name or "\\" in name or name.endswith(".pt"):
-        return Path(name)
-    return Path(str(resources.files("featloc").joinpath("weights", f"{name}.pt")))
-
-
 def _teacher(conf, device: torch.device) -> torch.nn.Module:
     """The frozen SAMFeat teacher of `losses.distill_teacher` (once per process/device)."""
     from ...models.samfeat import load_samfeat_net
 
-    path = teacher_path(conf.losses.distill_teacher)
+    path = weights_file(conf.losses.distill_teacher)
     key = (str(path), str(device))
     if key not in _TEACHERS:
         if not path.is_file():
