@@ -24,7 +24,7 @@ def add_parser(sub, formatter):
     p.add_argument("--output", type=Path, required=True, help="output folder (also the cache)")
     # The protocol's keypoint budget is explicit here, not left to the extractor default.
     common.add_extractor_args(p, max_keypoints=2048)
-    common.add_matcher_args(p)
+    common.add_matcher_args(p, dense=True)
     common.add_ransac_args(p)
     p.add_argument("--keep-high-res", action="store_true",
                    help="keep the 8 high-resolution HPatches sequences that D2-Net excludes")

@@ -31,7 +31,7 @@ def add_parser(sub, formatter):
                    "1200; LoFTR 840, LightGlue 1600); intrinsics are scaled to match")
     # The protocol's keypoint budget is explicit here, not left to the extractor default.
     common.add_extractor_args(p, max_keypoints=2048)
-    common.add_matcher_args(p)
+    common.add_matcher_args(p, dense=True)
     common.add_ransac_args(p, threshold_px=0.5)
     p.set_defaults(ransac_method="ransac")  # SuperGlue/LoFTR: classic RANSAC
     p.add_argument("--ransac-confidence", type=float, default=0.99999, help="RANSAC confidence")

@@ -45,11 +45,16 @@ def extractor_conf(args) -> dict:
     return conf
 
 
-def add_matcher_args(p: argparse.ArgumentParser, default: str = "nn") -> None:
+def add_matcher_args(p: argparse.ArgumentParser, default: str = "nn",
+                     dense: bool = False) -> None:
+    """--matcher and --matcher-conf; `dense`: the command also takes the detector-free
+    matchers (listed in the help)."""
     from ..config import available
 
-    p.add_argument("--matcher", default=default,
-                   help=f"matcher name: {', '.join(available('matcher'))}")
+    names = ", ".join(available("matcher"))
+    if dense:
+        names += f"; detector-free: {', '.join(available('dense'))}"
+    p.add_argument("--matcher", default=default, help=f"matcher name: {names}")
     p.add_argument("--matcher-conf", nargs="*", metavar="KEY=VALUE", default=[],
                    help="matcher options, e.g. ratio_thresh=0.8 mutual_check=false")
 
