@@ -310,3 +310,19 @@ def test_localize_xy_cli(scenes, tmp_path):
     best = evaluate_xy(tmp_path / "xy" / "pred.best.csv", tmp_path / "gt.csv")
     assert median["num_scored"] == best["num_scored"] == 8
     assert median["mae"] < 2.0 and best["mae"] < 2.5  # metres, in a 14 m x 7 m gallery
+
+
+def test_localize_xy_with_a_detector_free_matcher(scenes, tmp_path):
+    """`--matcher samnet` (shipped weights) goes through the same verification: queries are
+    verified against their retrieved neighbours and land near their true positions."""
+    write_xy_csv(tmp_path / "db.csv", xy_from_poses(read_poses_any(scenes / "db" / "sparse")))
+    write_xy_csv(tmp_path / "gt.csv", xy_from_poses(read_poses_any(scenes / "q" / "sparse")))
+    out = tmp_path / "xy" / "pred.csv"
+    assert main(["--quiet", "localize-xy", "--db", str(scenes / "db" / "images"), "--db-csv",
+                 str(tmp_path / "db.csv"), "--queries", str(scenes / "q" / "images"),
+                 "--output", str(out), "--num-matched", "5", "--matcher", "samnet"]) == 0
+    log = json.loads((tmp_path / "xy" / "pred.log.json").read_text())
+    assert log["confs"]["matcher"]["name"] == "samnet"
+    assert log["summary"]["num_verified"] >= 5 and log["summary"]["num_failed"] == 0
+    assert list((tmp_path / "xy" / "pred-work").glob("matches-samnet-*-xy.dense-raw.h5"))
+    assert evaluate_xy(out, tmp_path / "gt.csv")["mae"] < 2.0  # metres, 14 m x 7 m gallery

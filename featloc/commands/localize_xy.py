@@ -29,7 +29,7 @@ def add_parser(sub, formatter):
     p.add_argument("--queries", type=Path, required=True, help="query image folder")
     p.add_argument("--output", type=Path, required=True, help="predictions CSV (id,x,y)")
     common.add_extractor_args(p, default=DEFAULT_FEATURES)
-    common.add_matcher_args(p, default=DEFAULT_MATCHER)
+    common.add_matcher_args(p, default=DEFAULT_MATCHER, dense=True)
     add_global_args(p)
     p.add_argument("--num-matched", type=int, default=20, help="retrieved candidates per query")
     p.add_argument("--estimator", default="weighted-median", choices=["weighted-median", "best"],

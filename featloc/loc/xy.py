@@ -2,7 +2,8 @@
 (COMP90086 style, methods.md 6.3).
 
 Pipeline per query: global retrieval of the top-K database images (`featloc.loc.retrieval`),
-local matching (any registered extractor and matcher, cached HDF5 files), geometric
+local matching (any registered extractor and matcher, or a detector-free matcher such as
+`samnet` / `coam` that matches each pair directly; cached HDF5 files), geometric
 verification with a fundamental matrix (`estimate_fundamental`; the score is its inlier
 count n_k, candidates below `min_inliers` are discarded), then the estimate from the
 verified neighbours:
@@ -26,6 +27,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from ..eval.report import write_json
 from ..geometry.estimators import estimate_fundamental, ransac_conf
 from ..io.h5 import FeatureStore, MatchStore
 from ..io.images import list_images
+from ..match_dense import is_dense_matcher
 from ..progress import track
 from . import DEFAULT_FEATURES, DEFAULT_GLOBAL, DEFAULT_MATCHER
 from .cache import extract_features, match_pairs, matches_file, resolved_conf
@@ -207,6 +210,30 @@ def verify_pair(features0, features1, matches, conf: XYConf) -> int:
     return est.num_inliers if est.success else 0
 
 
+def _match_dense(query_dir: Path, db_dir: Path, work_dir: Path, pairs, matcher: str,
+                 matcher_conf: dict | None):
+    """Match (query, db) pairs with a detector-free matcher. Its keypoint and match files
+    name images relative to the two folders' common root; returns them and the two name
+    mappings (query / db name -> stored name)."""
+    from ..config import build
+    from ..match_dense import default_features_path, run_match_dense
+
+    qdir, ddir = query_dir.resolve(), db_dir.resolve()
+    root = Path(os.path.commonpath([qdir, ddir]))
+
+    def prefixer(folder: Path):
+        prefix = folder.relative_to(root).as_posix()
+        return str if prefix == "." else (lambda name: f"{prefix}/{name}")
+
+    qkey, dkey = prefixer(qdir), prefixer(ddir)
+    model = build("dense", matcher, **(matcher_conf or {}))
+    tag = digest({"name": matcher, **dataclasses.asdict(model.conf)})
+    matches_path = work_dir / f"matches-{matcher}-{tag}-xy.h5"
+    run_match_dense([(qkey(q), dkey(d)) for q, d in pairs], root, matches_path, matcher,
+                    matcher_conf, model=model)
+    return default_features_path(matches_path), matches_path, qkey, dkey
+
+
 def run_localize_xy(
     db_dir: str | Path,
     db_csv: str | Path,
@@ -265,29 +292,36 @@ def run_localize_xy(
     retrieved = retrieve(read_global(q_global.descriptors, q_global.names), q_global.names, index,
                          conf.num_matched)
     # Local features and matching.
-    db_feats, db_report = extract_features(db_dir, work_dir / "db", features, extractor_conf, db_names)
-    q_feats, q_report = extract_features(query_dir, work_dir / "query", features, extractor_conf, queries)
     pairs = [(q, d) for q, hits in retrieved.items() for d, _ in hits]
-    matches_path = matches_file(work_dir, q_feats, matcher, matcher_conf, "xy")
-    match_pairs(pairs, q_feats, matches_path, matcher, matcher_conf, features_ref=db_feats)
-
-    failed = {**q_report.failures, **q_global.report.failures}
+    dense = is_dense_matcher(matcher)
+    if dense:
+        q_feats, matches_path, qkey, dkey = _match_dense(
+            query_dir, db_dir, work_dir, pairs, matcher, matcher_conf)
+        db_feats, failed = q_feats, dict(q_global.report.failures)
+    else:
+        db_feats, _ = extract_features(db_dir, work_dir / "db", features, extractor_conf, db_names)
+        q_feats, q_report = extract_features(query_dir, work_dir / "query", features,
+                                             extractor_conf, queries)
+        matches_path = matches_file(work_dir, q_feats, matcher, matcher_conf, "xy")
+        match_pairs(pairs, q_feats, matches_path, matcher, matcher_conf, features_ref=db_feats)
+        qkey = dkey = str
+        failed = {**q_report.failures, **q_global.report.failures}
     predictions: dict[str, dict[str, tuple[float, float]]] = {e: {} for e in ESTIMATORS}
     records = []
     with FeatureStore(q_feats, "r") as qstore, FeatureStore(db_feats, "r") as dstore, \
             MatchStore(matches_path, "r") if pairs else _NoMatches() as mstore:
         for qname in track(queries, desc="localize-xy"):
-            if qname not in retrieved or qname not in qstore:
+            if qname not in retrieved or qkey(qname) not in qstore:
                 records.append({"query": qname, "status": "failed",
                                 "reason": failed.get(qname, "no features or global descriptor")})
                 continue
-            fq = qstore.read(qname)
+            fq = qstore.read(qkey(qname))
             candidates = []
             for dname, score in retrieved[qname]:
                 n_inl, n_matches = 0, 0
-                if dname in dstore and mstore.find_pair(qname, dname):
-                    fd = dstore.read(dname)
-                    m = mstore.read(qname, dname, len(fq))
+                if dkey(dname) in dstore and mstore.find_pair(qkey(qname), dkey(dname)):
+                    fd = dstore.read(dkey(dname))
+                    m = mstore.read(qkey(qname), dkey(dname), len(fq))
                     n_matches = len(m)
                     n_inl = verify_pair(fq, fd, m, conf)
                 candidates.append({"db": dname, "x": xy_of[dname][0], "y": xy_of[dname][1],
@@ -330,8 +364,10 @@ def run_localize_xy(
     write_json(output.with_name(f"{output.stem}.log.json"), {
         "step": "localize-xy", "summary": summary,
         "confs": {"xy": dataclasses.asdict(conf),
-                  "extractor": resolved_conf("extractor", features, extractor_conf),
-                  "matcher": resolved_conf("matcher", matcher, matcher_conf),
+                  "extractor": ({"name": "dense"} if dense
+                                else resolved_conf("extractor", features, extractor_conf)),
+                  "matcher": resolved_conf("dense" if dense else "matcher", matcher,
+                                           matcher_conf),
                   "global": {"name": global_name, **(global_conf or {})}},
         "inputs": {"db_dir": db_dir, "db_csv": db_csv, "query_dir": query_dir,
                    "work_dir": work_dir, "digest": digest(db_names, queries)},
