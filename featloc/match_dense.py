@@ -271,12 +271,13 @@ def _file_attr(path: Path, key: str):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def run_dense_for_benchmark(image_dir: Path, pairs: list[tuple[str, str]], output_dir: Path,
-                            matcher: str, matcher_conf: dict | None, extra_conf=None):
-    """The benchmarks' feature + match step for a dense matcher: keypoint and match files in
-    `output_dir` named after the matcher configuration (and `extra_conf`, e.g. the image
-    preparation). Returns (features label "dense", features conf, matcher conf, keypoint
-    file, match file, extraction report (empty), matching report)."""
+def run_dense_step(image_dir: Path, pairs: list[tuple[str, str]], output_dir: Path,
+                   matcher: str, matcher_conf: dict | None, extra_conf=None):
+    """The feature + match step of a pipeline (benchmarks, localize-xy) with a dense matcher:
+    keypoint and match files in `output_dir` named after the matcher configuration (and
+    `extra_conf`, e.g. the image preparation). Returns (features label "dense", features
+    conf, matcher conf, keypoint file, match file, extraction report (empty), matching
+    report)."""
     model = build("dense", matcher, **(matcher_conf or {}))
     mconf = {"name": matcher, **dataclasses.asdict(model.conf)}
     tag = digest(mconf, extra_conf) if extra_conf is not None else digest(mconf)

@@ -324,5 +324,5 @@ def test_localize_xy_with_a_detector_free_matcher(scenes, tmp_path):
     log = json.loads((tmp_path / "xy" / "pred.log.json").read_text())
     assert log["confs"]["matcher"]["name"] == "samnet"
     assert log["summary"]["num_verified"] >= 5 and log["summary"]["num_failed"] == 0
-    assert list((tmp_path / "xy" / "pred-work").glob("matches-samnet-*-xy.dense-raw.h5"))
+    assert list((tmp_path / "xy" / "pred-work").glob("matches-samnet-*.dense-raw.h5"))
     assert evaluate_xy(out, tmp_path / "gt.csv")["mae"] < 2.0  # metres, 14 m x 7 m gallery

@@ -39,7 +39,7 @@ from ..geometry.metrics import error_auc
 from ..io.h5 import FeatureStore, MatchStore
 from ..io.images import IMAGE_EXTENSIONS
 from ..match import run_match
-from ..match_dense import is_dense_matcher, run_dense_for_benchmark
+from ..match_dense import is_dense_matcher, run_dense_step
 from ..progress import track
 from .report import load_cached_records, write_json
 
@@ -242,7 +242,7 @@ def run_homography_benchmark(
     rconf = dataclasses.asdict(ransac_conf(ransac))
     if is_dense_matcher(matcher):  # keypoints come from the matches (featloc.match_dense)
         features, fconf, mconf, feats_path, matches_path, extract_report, match_report = \
-            run_dense_for_benchmark(data_dir, [(p.name0, p.name1) for p in pairs], output_dir,
+            run_dense_step(data_dir, [(p.name0, p.name1) for p in pairs], output_dir,
                                     matcher, matcher_conf)
     else:
         extractor = build("extractor", features, **(extractor_conf or {}))

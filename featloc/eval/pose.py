@@ -51,7 +51,7 @@ from ..geometry.pose import Pose
 from ..io.h5 import FeatureStore, MatchStore
 from ..io.images import ImageReadError, read_image, resize_image, write_image
 from ..match import run_match
-from ..match_dense import is_dense_matcher, run_dense_for_benchmark
+from ..match_dense import is_dense_matcher, run_dense_step
 from ..progress import track
 from .report import (
     RESULTS,
@@ -402,7 +402,7 @@ def run_pose_benchmark(
     unique = list({frozenset(pn): pn for pn in pair_names if pn[0] != pn[1]}.values())
     if is_dense_matcher(matcher):  # keypoints come from the matches (featloc.match_dense)
         features, fconf, mconf, feats_path, matches_path, extract_report, match_report = \
-            run_dense_for_benchmark(root, unique, output_dir, matcher, matcher_conf, prep_conf)
+            run_dense_step(root, unique, output_dir, matcher, matcher_conf, prep_conf)
     else:
         extractor = build("extractor", features, **(extractor_conf or {}))
         fconf = {"name": features, **dataclasses.asdict(extractor.conf)}

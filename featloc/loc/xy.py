@@ -41,7 +41,7 @@ from ..eval.report import write_json
 from ..geometry.estimators import estimate_fundamental, ransac_conf
 from ..io.h5 import FeatureStore, MatchStore
 from ..io.images import list_images
-from ..match_dense import is_dense_matcher
+from ..match_dense import is_dense_matcher, run_dense_step
 from ..progress import track
 from . import DEFAULT_FEATURES, DEFAULT_GLOBAL, DEFAULT_MATCHER
 from .cache import extract_features, match_pairs, matches_file, resolved_conf
@@ -215,9 +215,6 @@ def _match_dense(query_dir: Path, db_dir: Path, work_dir: Path, pairs, matcher: 
     """Match (query, db) pairs with a detector-free matcher. Its keypoint and match files
     name images relative to the two folders' common root; returns them and the two name
     mappings (query / db name -> stored name)."""
-    from ..config import build
-    from ..match_dense import default_features_path, run_match_dense
-
     qdir, ddir = query_dir.resolve(), db_dir.resolve()
     root = Path(os.path.commonpath([qdir, ddir]))
 
@@ -226,12 +223,9 @@ def _match_dense(query_dir: Path, db_dir: Path, work_dir: Path, pairs, matcher: 
         return str if prefix == "." else (lambda name: f"{prefix}/{name}")
 
     qkey, dkey = prefixer(qdir), prefixer(ddir)
-    model = build("dense", matcher, **(matcher_conf or {}))
-    tag = digest({"name": matcher, **dataclasses.asdict(model.conf)})
-    matches_path = work_dir / f"matches-{matcher}-{tag}-xy.h5"
-    run_match_dense([(qkey(q), dkey(d)) for q, d in pairs], root, matches_path, matcher,
-                    matcher_conf, model=model)
-    return default_features_path(matches_path), matches_path, qkey, dkey
+    *_, feats_path, matches_path, _, _ = run_dense_step(
+        root, [(qkey(q), dkey(d)) for q, d in pairs], work_dir, matcher, matcher_conf)
+    return feats_path, matches_path, qkey, dkey
 
 
 def run_localize_xy(
