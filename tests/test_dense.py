@@ -459,7 +459,7 @@ def test_cli_match_dense_writes_stores_resumes_and_reports_bad_images(
 def test_benchmarks_accept_dense_matchers(trained_samnet, texture, tmp_path):
     from featloc.eval.hpatches import run_homography_benchmark
     from featloc.eval.pose import PosePair, format_pose_pair_line, run_pose_benchmark
-    from featloc.eval.speed import _time_dense, dense_speed_table
+    from featloc.eval.speed import _time_dense, _time_sparse_pair, dense_speed_table
     from featloc.geometry.pose import Pose
 
     a, b, H = warped_crop(texture)
@@ -496,6 +496,12 @@ def test_benchmarks_accept_dense_matchers(trained_samnet, texture, tmp_path):
     # process per matcher so that the memory peaks are separate)
     row = _time_dense("samnet", weights, a, b, 1, 1)
     assert row["pair_s"] > 0 and row["peak_rss_mb"] > 10 and row["num_matches"] > 10
-    table = dense_speed_table({"image_size": [128, 128], "repeats": 1,
-                               "machine": {"torch_threads": 1}, "results": {"samnet": row}})
-    assert "| samnet |" in table
+    base = _time_sparse_pair("sift", "nn", 512, a, b, 1, 1)
+    assert base["pair_s"] > 0 and base["num_matches"] > 10 and base["parameters"] == 0
+    row["ratio_to_baseline"] = row["pair_s"] / base["pair_s"]
+    base["ratio_to_baseline"] = 1.0
+    table = dense_speed_table({"image_size": [128, 128], "repeats": 1, "baseline": "sift+nn",
+                               "max_num_keypoints": 512, "machine": {"torch_threads": 1},
+                               "results": {"sift+nn": base, "samnet": row}})
+    assert "| samnet |" in table and "| sift+nn |" in table and "| 1.00x |" in table
+    assert f"{row['ratio_to_baseline']:.2f}x" in table

@@ -37,7 +37,9 @@ def add_parser(sub, formatter):
     p.add_argument("--dense", nargs="+", default=None, metavar="NAME",
                    help="time these detector-free matchers (samnet, coam) per pair, each in a "
                    "fresh process with its peak memory; --matcher-conf applies to them, e.g. "
-                   "weights=none for untrained networks of the default size")
+                   "weights=none for untrained networks of the default size; the --baseline "
+                   "extractor with --matcher is timed per pair in the same run "
+                   "(--baseline '' skips it)")
     common.add_ransac_args(p)
     p.set_defaults(func=run)
 
@@ -60,7 +62,8 @@ def run(args) -> int:
 
         result = run_dense_speed_benchmark(args.dense, width, height, args.repeats,
                                            common.matcher_conf(args), args.output, images,
-                                           args.threads)
+                                           args.threads, args.baseline or None, args.matcher,
+                                           args.max_keypoints)
         print(dense_speed_table(result))
         return 0
     if args.matchers:

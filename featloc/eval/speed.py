@@ -261,6 +261,32 @@ def _time_dense(name: str, conf: dict, image0, image1, repeats: int, threads: in
             "torch_threads": torch.get_num_threads()}
 
 
+def _time_sparse_pair(extractor: str, matcher: str, max_num_keypoints: int, image0, image1,
+                      repeats: int, threads: int) -> dict:
+    """The baseline's whole pair (extract both images, match), in the calling (fresh)
+    process, with the same fields as `_time_dense`."""
+    import resource
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    ext = build("extractor", extractor, max_num_keypoints=max_num_keypoints)
+    model = build("matcher", matcher)
+    before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def pair():
+        return model.match(ext.extract(image0), ext.extract(image1))
+
+    seconds, matches = median_time(pair, repeats)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    net = getattr(ext, "net", None)
+    return {"pair_s": seconds, "num_matches": int(len(matches)),
+            "peak_rss_mb": peak_kb / 1024, "match_rss_mb": max(peak_kb - before_kb, 0) / 1024,
+            "parameters": sum(p.numel() for p in net.parameters()) if net is not None else 0,
+            "torch_threads": torch.get_num_threads()}
+
+
 def run_dense_speed_benchmark(
     matchers: list[str],
     width: int = 640,
@@ -270,6 +296,9 @@ def run_dense_speed_benchmark(
     output: str | Path | None = None,
     images: tuple[np.ndarray, np.ndarray] | None = None,
     threads: int = 0,
+    baseline: str | None = "sift",
+    baseline_matcher: str = "nn",
+    max_num_keypoints: int = 2048,
 ) -> dict:
     """Time the dense matchers on one pair (median seconds per pair, both images in, matches
     out) and measure their peak memory.
@@ -278,7 +307,9 @@ def run_dense_speed_benchmark(
     is its own: `peak_rss_mb` is the process peak (Python, torch, the model and the
     matching), `match_rss_mb` the growth of that peak while matching (activations, the
     coarse similarity matrix). `matcher_conf` applies to every matcher (e.g. weights=none
-    to time untrained networks of the default size).
+    to time untrained networks of the default size). The `baseline` sparse pipeline
+    (extract both images with up to `max_num_keypoints`, match with `baseline_matcher`) is
+    timed first, the same way, and every row gets `ratio_to_baseline`; None skips it.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -287,18 +318,28 @@ def run_dense_speed_benchmark(
         image0, image1, _ = make_pair(width, height)
     else:
         image0, image1 = images
+    jobs = {}
+    if baseline:
+        jobs[f"{baseline}+{baseline_matcher}"] = (_time_sparse_pair, baseline, baseline_matcher,
+                                                  max_num_keypoints)
+    for name in matchers:
+        jobs[name] = (_time_dense, name, dict(matcher_conf or {}))
     rows = {}
     context = multiprocessing.get_context("spawn")
-    for name in matchers:
+    for name, (fn, *args) in jobs.items():
         with ProcessPoolExecutor(1, mp_context=context) as pool:
-            rows[name] = pool.submit(_time_dense, name, dict(matcher_conf or {}), image0, image1,
-                                     repeats, threads).result()
+            rows[name] = pool.submit(fn, *args, image0, image1, repeats, threads).result()
         logger.info("%s: %.0f ms per pair, peak %.0f MB", name, 1e3 * rows[name]["pair_s"],
                     rows[name]["peak_rss_mb"])
+    base_name = f"{baseline}+{baseline_matcher}" if baseline else None
+    for row in rows.values():
+        row["ratio_to_baseline"] = row["pair_s"] / rows[base_name]["pair_s"] if base_name else None
     result = {
         "mode": "dense",
         "image_size": [int(image0.shape[1]), int(image0.shape[0])],
         "repeats": repeats,
+        "baseline": base_name,
+        "max_num_keypoints": max_num_keypoints,
         "matcher_conf": dict(matcher_conf or {}),
         "machine": {**_machine(), "torch_threads": next(iter(rows.values()))["torch_threads"]
                     if rows else threads},
@@ -312,14 +353,18 @@ def dense_speed_table(result: dict) -> str:
     w, h = result["image_size"]
     lines = [
         f"Dense matchers: median time per {w}x{h} pair, {result['repeats']} runs, "
-        f"{result['machine']['torch_threads']} torch thread(s)",
+        f"{result['machine']['torch_threads']} torch thread(s)"
+        + (f"; baseline {result['baseline']} with up to {result['max_num_keypoints']} keypoints "
+           "timed in the same run" if result.get("baseline") else ""),
         "",
-        "| matcher | pair (ms) | matches | peak RSS (MB) | matching RSS growth (MB) | "
-        "parameters |",
-        "|---|---|---|---|---|---|",
+        "| matcher | pair (ms) | vs baseline | matches | peak RSS (MB) | "
+        "matching RSS growth (MB) | parameters |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in result["results"].items():
-        lines.append(f"| {name} | {1e3 * r['pair_s']:.0f} | {r['num_matches']} | "
+        ratio = r.get("ratio_to_baseline")
+        lines.append(f"| {name} | {1e3 * r['pair_s']:.0f} | "
+                     f"{'-' if ratio is None else f'{ratio:.2f}x'} | {r['num_matches']} | "
                      f"{r['peak_rss_mb']:.0f} | {r['match_rss_mb']:.0f} | "
-                     f"{r['parameters'] / 1e6:.2f} M |")
+                     + (f"{r['parameters'] / 1e6:.2f} M |" if r["parameters"] else "- |"))
     return "\n".join(lines) + "\n"
