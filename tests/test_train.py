@@ -355,6 +355,29 @@ def test_fresh_run_refuses_existing_checkpoints(straight_run, image_dir, tmp_pat
         train(SMOKE, _overrides(image_dir, tmp_path))
 
 
+def test_init_from_starts_a_new_run_from_a_checkpoint(straight_run, image_dir, tmp_path):
+    """Fine-tuning: a fresh run (own step count) whose model starts from another run's
+    parameters; with lr 0 one step leaves them exactly as loaded."""
+    from featloc.train.trainer import train
+
+    shutil.copytree(straight_run / "cache", tmp_path / "cache")
+    source = straight_run / "run" / "ckpt_00000005.pt"
+    train(SMOKE, _overrides(image_dir, tmp_path, f"train.init_from={source}", "train.steps=1",
+                            "optim.lr=0", "optim.warmup_steps=0"))
+    tuned = _params(tmp_path / "run" / "ckpt_00000001.pt")
+    loaded = _params(source)
+    fresh = StandInSAMFeat().state_dict()
+    learned = [k for k in loaded if "running" not in k and "num_batches" not in k]
+    assert learned and all(torch.equal(tuned[k], loaded[k]) for k in learned)
+    assert any(not torch.equal(fresh[k], loaded[k]) for k in learned)
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        train(SMOKE, _overrides(image_dir, tmp_path / "b", f"train.init_from={tmp_path / 'no'}"))
+    torch.save({"state_dict": {}}, tmp_path / "exported.pt")
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        train(SMOKE, _overrides(image_dir, tmp_path / "c",
+                                f"train.init_from={tmp_path / 'exported.pt'}"))
+
+
 def test_export_only_from_the_latest_checkpoint(straight_run, image_dir, tmp_path):
     from featloc.train.trainer import train
 

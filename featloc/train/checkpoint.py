@@ -87,3 +87,22 @@ def load_latest(directory: str | Path, map_location="cpu") -> tuple[dict, Path] 
         except Exception as exc:  # noqa: BLE001 - fall back to the previous checkpoint
             logger.warning("cannot read checkpoint %s (%s); trying an older one", path, exc)
     return None
+
+
+def load_model_state(source: str | Path, map_location="cpu") -> tuple[dict, Path]:
+    """Model parameters to fine-tune from: a checkpoint file, or a run folder's newest
+    checkpoint. Returns (state_dict, checkpoint path)."""
+    source = Path(source)
+    if source.is_dir():
+        found = load_latest(source, map_location)
+        if found is None:
+            raise FileNotFoundError(f"train.init_from: no checkpoint in {source}")
+        ckpt, path = found
+    elif source.is_file():
+        ckpt, path = torch.load(source, map_location=map_location, weights_only=False), source
+    else:
+        raise FileNotFoundError(f"train.init_from: {source} does not exist")
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"train.init_from: {path} is not a training checkpoint (ckpt_<step>.pt "
+                         "of `featloc train`)")
+    return ckpt["model"], path

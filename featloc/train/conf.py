@@ -42,6 +42,9 @@ class TrainConf:
     tensorboard: bool = True  # also log to <output_dir>/tensorboard
     threads: int = 0  # torch CPU threads; 0: torch's default (1 helps on a busy shared CPU)
     ddp_find_unused: bool = False  # DDP: set true if a loss weight of 0 leaves a head unused
+    # Fine-tuning: start a new run (fresh optimizer, schedule and step count) from the model
+    # parameters of a checkpoint file or of a run folder's newest checkpoint.
+    init_from: str = ""
 
     def __post_init__(self):
         checks = {"device": ("auto", "cpu", "cuda"), "precision": ("bf16", "fp16", "fp32"),

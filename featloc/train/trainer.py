@@ -60,6 +60,14 @@ def train(config_path: str | Path | None, overrides: list[str] | None = None,
         if dist.is_main():
             warn_config_changes(ckpt["config"], to_dict(conf))
         logger.info("loaded %s (step %d)", found[1], ckpt["step"])
+    elif conf.train.init_from:
+        state, path = checkpoint.load_model_state(conf.train.init_from, device)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"train.init_from: {path} does not fit this model (is model.* the "
+                             f"same as in its run?): {exc}") from exc
+        logger.info("initialised the model from %s", path)
     if export_only:
         return _export(task, model, conf, out, ckpt["step"], ckpt.get("commit", "unknown"))
 
