@@ -24,7 +24,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from collections import OrderedDict, defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -160,22 +162,32 @@ def run_match_dense(
     features_output = Path(features_output) if features_output else default_features_path(output)
     if cell_px <= 0:
         raise ValueError(f"cell_px must be > 0, got {cell_px}")
-    name = matcher
     if model is None:
         model = build("dense", matcher, **(conf or {}))
-    resolved = {"name": name, **dataclasses.asdict(model.conf)}
-    conf_digest = digest(resolved)
+    resolved = {"name": matcher, **dataclasses.asdict(model.conf)}
     pair_list = read_pairs(pairs) if isinstance(pairs, str | Path) else list(pairs)
+    report = match_raw(pair_list, image_dir, raw_path(output), model, resolved, overwrite)
+    aggregate(raw_path(output), output, features_output, cell_px, resolved, overwrite)
+    report.log_summary()
+    return report
+
+
+def match_raw(pair_list: list[tuple[str, str]], image_dir: Path, raw_file: Path, model,
+              resolved: dict, overwrite: bool = False) -> BatchReport:
+    """Phase 1 (resumable): each pair's matched points and scores into the raw store, skipping
+    pairs stored with the same matcher configuration and image files (in either order)."""
+    name = resolved["name"]
+    conf_digest = digest(resolved)
     report = BatchReport(f"match-dense {name}")
-    images = _ImageCache(image_dir)
+    images = _ImageCache(Path(image_dir))
     sources: dict[str, str] = {}
 
     def source(n: str) -> str:
         if n not in sources:
-            sources[n] = file_digest(image_dir / n)
+            sources[n] = file_digest(Path(image_dir) / n)
         return sources[n]
 
-    with PairPointsStore(raw_path(output), "a", attrs=conf_attrs(resolved)) as raw:
+    with PairPointsStore(raw_file, "a", attrs=conf_attrs(resolved)) as raw:
         for name0, name1 in track(pair_list, desc=f"match-dense {name}"):
             try:
                 entry_digest = digest(conf_digest, source(name0), source(name1))
@@ -195,8 +207,6 @@ def run_match_dense(
             raw.write(name0, name1, model.match_points(image0, image1),
                       {"digest": entry_digest})
             report.done += 1
-    aggregate(raw_path(output), output, features_output, cell_px, resolved, overwrite)
-    report.log_summary()
     return report
 
 
@@ -248,6 +258,123 @@ def aggregate(raw_file: Path, output: Path, features_output: Path, cell_px: floa
                          _hash_array(keypoints[n1][0]), cell_px)
             mstore.write(n0, n1, matches, attrs={"digest": tag})
     logger.info("%s: %d images, %d pairs", output, len(keypoints), len(keys))
+
+
+def common_root(dir0: str | Path, dir1: str | Path):
+    """(root, name0 -> stored name, name1 -> stored name) for pairs across two folders: the
+    dense files name images relative to the folders' common root."""
+    d0, d1 = Path(dir0).resolve(), Path(dir1).resolve()
+    root = Path(os.path.commonpath([d0, d1]))
+
+    def prefixer(folder: Path):
+        prefix = folder.relative_to(root).as_posix()
+        return str if prefix == "." else (lambda name: f"{prefix}/{name}")
+
+    return root, prefixer(d0), prefixer(d1)
+
+
+def assign_to_keypoints(points: np.ndarray, keypoints: np.ndarray, max_px: float) -> np.ndarray:
+    """[P] index of the nearest of `keypoints` [N, 2] within `max_px` of each of `points`
+    [P, 2]; -1 where there is none."""
+    from scipy.spatial import cKDTree
+
+    out = np.full(len(points), -1, np.int64)
+    if not len(points) or not len(keypoints):
+        return out
+    dist, index = cKDTree(keypoints).query(points, distance_upper_bound=max_px)
+    ok = np.isfinite(dist)
+    out[ok] = index[ok]
+    return out
+
+
+def points_to_reference(points_q: list[np.ndarray], points_r: list[np.ndarray],
+                        scores: list[np.ndarray], ref_keypoints: list[np.ndarray],
+                        cell_px: float, assign_px: float) -> tuple[np.ndarray, np.ndarray,
+                                                                   list[Matches]]:
+    """One query's dense matches to several reference images with fixed keypoints (a map's).
+
+    Query points of every pair are quantised together (`quantise_keypoints`); each
+    reference point takes the nearest reference keypoint within `assign_px` and is dropped
+    when there is none. Returns the query keypoints, their scores and, per pair, the Matches
+    from the query keypoints to that reference image's keypoints.
+    """
+    kpts, kscores, index = quantise_keypoints(
+        np.concatenate(points_q) if points_q else np.zeros((0, 2), np.float32),
+        np.concatenate(scores) if scores else np.zeros(0, np.float32), cell_px)
+    bounds = np.cumsum([0] + [len(p) for p in points_q])
+    matches = []
+    for k, (pts, sc, ref) in enumerate(zip(points_r, scores, ref_keypoints, strict=True)):
+        target = assign_to_keypoints(pts, ref, assign_px)
+        ok = target >= 0
+        matches.append(pair_matches(index[bounds[k]:bounds[k + 1]][ok], target[ok], sc[ok],
+                                    len(kpts)))
+    return kpts, kscores, matches
+
+
+def run_match_to_reference(
+    pairs: list[tuple[str, str]],
+    query_dir: str | Path,
+    ref_dir: str | Path,
+    ref_features: str | Path,
+    work_dir: str | Path,
+    matcher: str,
+    conf: dict | None = None,
+    cell_px: float = 1.0,
+    assign_px: float = 2.0,
+    model=None,
+) -> tuple[Path, Path, BatchReport]:
+    """Match (query, reference) pairs with a dense matcher against reference images whose
+    keypoints are fixed (`ref_features`, e.g. a map built from dense matches): the costly
+    matching is cached in a raw store in `work_dir` (phase 1 of `run_match_dense`), then the
+    query keypoints and the matches to the reference keypoints are written from it
+    (`points_to_reference`). Returns (query keypoint file, match file, matching report).
+    """
+    work_dir = Path(work_dir)
+    if model is None:
+        model = build("dense", matcher, **(conf or {}))
+    resolved = {"name": matcher, **dataclasses.asdict(model.conf)}
+    tag = digest(resolved)
+    root, qkey, rkey = common_root(query_dir, ref_dir)
+    raw_file = work_dir / f"matches-{matcher}-{tag}{RAW_SUFFIX}"
+    report = match_raw([(qkey(q), rkey(r)) for q, r in pairs], root, raw_file, model, resolved)
+    stored_names = {f"{qkey(q)} {rkey(r)}": f"{q} {r}" for q, r in pairs}
+    report.failures = {stored_names.get(k, k): v for k, v in report.failures.items()}
+    by_query: dict[str, list[str]] = defaultdict(list)
+    for q, r in pairs:
+        by_query[q].append(r)
+    extra = {"cell_px": cell_px, "assign_px": assign_px, "reference": str(ref_features)}
+    feats_path = work_dir / f"keypoints-{matcher}-{tag}-query.h5"
+    matches_path = work_dir / f"matches-{matcher}-{tag}-reference.h5"
+    with FeatureStore(feats_path, "a", attrs=conf_attrs(resolved, **extra)) as fstore, \
+            MatchStore(matches_path, "a", attrs=conf_attrs(
+                resolved, features=str(feats_path), **extra)) as mstore, ExitStack() as stack:
+        if not raw_file.exists():  # every pair failed: empty files
+            return feats_path, matches_path, report
+        raw = stack.enter_context(PairPointsStore(raw_file, "r"))
+        rstore = stack.enter_context(FeatureStore(ref_features, "r"))
+        for q, refs in by_query.items():
+            found = []
+            for r in refs:
+                key, swap = names_to_pair(qkey(q), rkey(r)), False
+                if key not in raw:
+                    key, swap = names_to_pair(rkey(r), qkey(q)), True
+                if key not in raw or r not in rstore:
+                    continue  # failed pair (reported) or a reference image without keypoints
+                entry = raw.read(key)
+                i, j = (1, 0) if swap else (0, 1)
+                found.append((r, entry[f"points{i}"], entry[f"points{j}"], entry["scores"],
+                              entry[f"image_size{i}"]))
+            if not found:
+                continue
+            kpts, kscores, matches = points_to_reference(
+                [f[1] for f in found], [f[2] for f in found], [f[3] for f in found],
+                [rstore.read(f[0]).keypoints for f in found], cell_px, assign_px)
+            size = tuple(int(v) for v in found[0][4])
+            fstore.write(q, Features(kpts, kscores, np.zeros((len(kpts), 0), np.float32), size),
+                         attrs={"digest": _hash_array(kpts)})
+            for (r, *_), m in zip(found, matches, strict=True):
+                mstore.write(q, r, m, attrs={"digest": _hash_array(kpts, m.matches0)})
+    return feats_path, matches_path, report
 
 
 def _stored(raw: PairPointsStore, name0: str, name1: str, entry_digest: str) -> bool:

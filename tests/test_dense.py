@@ -406,6 +406,26 @@ def test_keypoint_quantisation_and_pair_matches():
     assert m.matches0.tolist() == [5, -1, 1] and m.matching_scores0[0] == np.float32(0.7)
 
 
+def test_points_to_reference_keypoints():
+    """Localizing against a dense map: query points merge across pairs, reference points take
+    the nearest fixed keypoint within the radius or are dropped."""
+    from featloc.match_dense import assign_to_keypoints, points_to_reference
+
+    ref = np.array([[0.0, 0.0], [10.0, 10.0], [20.0, 5.0]], np.float32)
+    assert assign_to_keypoints(np.array([[9.0, 10.5], [5.0, 5.0], [19.9, 5.1]]), ref,
+                               2.0).tolist() == [1, -1, 2]
+    assert assign_to_keypoints(np.zeros((0, 2)), ref, 2.0).shape == (0,)
+    q_a = np.array([[1.1, 1.2], [50.0, 50.0]], np.float32)  # pair with reference a
+    q_b = np.array([[1.3, 1.4]], np.float32)  # pair with reference b: same query cell as q_a[0]
+    r_a = np.array([[10.5, 10.0], [19.0, 5.0]], np.float32)
+    r_b = np.array([[40.0, 40.0]], np.float32)  # no keypoint of b within 2 px
+    kpts, scores, (m_a, m_b) = points_to_reference(
+        [q_a, q_b], [r_a, r_b], [np.array([0.9, 0.8]), np.array([0.7])],
+        [ref, np.array([[0.0, 0.0]], np.float32)], 1.0, 2.0)
+    assert len(kpts) == 2 and np.allclose(kpts[0], [1.2, 1.3])
+    assert m_a.matches0.tolist() == [1, 2] and (m_b.matches0 == -1).all()
+
+
 def test_cli_match_dense_writes_stores_resumes_and_reports_bad_images(
         trained_samnet, texture, tmp_path, caplog):
     from featloc.cli import main

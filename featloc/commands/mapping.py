@@ -28,7 +28,7 @@ def add_parser(sub, formatter):
                    help="database image folder (alone: poses unknown, incremental SfM)")
     p.add_argument("--output", type=Path, required=True, help="map folder")
     common.add_extractor_args(p, default=DEFAULT_FEATURES)
-    common.add_matcher_args(p, default=DEFAULT_MATCHER)
+    common.add_matcher_args(p, default=DEFAULT_MATCHER, dense=True)
     add_global_args(p)
     p.add_argument("--mapping-pairs", default="poses", choices=["poses", "retrieval", "exhaustive"],
                    help="how database images are paired (poses need known poses)")

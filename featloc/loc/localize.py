@@ -2,7 +2,9 @@
 (hloc's localize_sfm, methods.md 6.4 steps 5-9).
 
 Per query: retrieve the top `num_loc` database images (global descriptors, faiss), match the
-query to each (the map's features and matcher, cached HDF5 files), gather 2D-3D
+query to each (the map's features and matcher, cached HDF5 files; a map built with a
+detector-free matcher matches the query and database images directly and assigns each
+database point to the nearest map keypoint within `assign_px`, 2 px), gather 2D-3D
 correspondences (query keypoint -> database keypoint -> 3D point id; duplicates removed per
 keypoint, one keypoint may link to several points), then P3P LO-RANSAC (12 px by default)
 and non-linear refinement with the query's known intrinsics
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..batch import BatchReport
 from ..config import build, make_conf
 from ..eval.report import write_json
 from ..geometry.camera import Camera
@@ -39,6 +42,7 @@ from ..io.colmap import (
     to_colmap_pixels,
 )
 from ..io.h5 import FeatureStore, MatchStore
+from ..match_dense import is_dense_matcher, points_to_reference, run_match_to_reference
 from ..progress import track
 from ..types import Features, LocResult, Matches
 from .cache import extract_features, match_pairs, matches_file
@@ -66,6 +70,8 @@ class LocConf:
     fallback: str = "none"  # none | retrieval (pose of the top retrieved image, flagged)
     index: str = "flat"  # faiss index: flat | ivf | hnsw
     seed: int = 0  # RANSAC seed
+    # detector-free maps: a database point takes the map keypoint nearest to it within this
+    assign_px: float = 2.0
 
     def __post_init__(self):
         if self.fallback not in FALLBACKS:
@@ -134,6 +140,16 @@ def localize_from_matches(
                      True, info)
 
 
+def _database_dir(loaded: LoadedMap) -> Path:
+    """The map's database images, which a detector-free matcher needs at localization time."""
+    image_dir = Path(loaded.info["image_dir"])
+    if not image_dir.is_dir():
+        raise MapError(f"{loaded.root}: the database images ({image_dir}) are needed to match "
+                       f"queries with {loaded.info['matcher']!r} (a detector-free matcher) but "
+                       "are not there")
+    return image_dir
+
+
 class _FeatureReader:
     """Database features by name, read from the map's HDF5 file on demand (a small LRU
     cache keeps the images of recent queries); `reader[name] = features` adds an entry."""
@@ -181,8 +197,13 @@ class Localizer:
         self.conf = conf if isinstance(conf, LocConf) else make_conf(LocConf, conf)
         self.map = load_map(map_dir)
         info = self.map.info
-        self.extractor = build("extractor", info["features"], **info["extractor_conf"])
-        self.matcher = build("matcher", info["matcher"], **info["matcher_conf"])
+        self.dense = is_dense_matcher(info["matcher"])
+        if self.dense:  # matches query and database images directly
+            self.extractor, self.db_dir = None, _database_dir(self.map)
+            self.matcher = build("dense", info["matcher"], **info["matcher_conf"])
+        else:
+            self.extractor = build("extractor", info["features"], **info["extractor_conf"])
+            self.matcher = build("matcher", info["matcher"], **info["matcher_conf"])
         self.global_model = build_global(info["global"], info["global_conf"])
         if self.global_model.needs_fit:
             self.global_model.load_state(dict(np.load(self.map.global_state)))
@@ -209,7 +230,7 @@ class Localizer:
     def localize_image(self, image: np.ndarray, camera: Camera | ColmapCamera) -> LocResult:
         timings = {}
         tic = time.perf_counter()
-        feats = self.extractor.extract(image)
+        feats = None if self.dense else self.extractor.extract(image)
         timings["extract_s"] = time.perf_counter() - tic
         tic = time.perf_counter()
         if self.global_model.input == "local_features":
@@ -222,14 +243,36 @@ class Localizer:
         hits = retrieve(gdesc[None], ["query"], self.index, self.conf.num_loc)["query"]
         timings["retrieval_s"] = time.perf_counter() - tic
         tic = time.perf_counter()
-        matches = {n: self.matcher.match(feats, self.db_features[n]) for n, _ in hits
-                   if n in self.db_features}
+        if self.dense:
+            feats, matches = self._match_dense(image, [n for n, _ in hits
+                                                       if n in self.db_features])
+        else:
+            matches = {n: self.matcher.match(feats, self.db_features[n]) for n, _ in hits
+                       if n in self.db_features}
         timings["matching_s"] = time.perf_counter() - tic
         tic = time.perf_counter()
         result = localize_from_matches(self.map, feats, camera, matches, self.conf)
         timings["pnp_s"] = time.perf_counter() - tic
         result.info.update(timings=timings, retrieved=[n for n, _ in hits])
         return result
+
+    def _match_dense(self, image: np.ndarray, names: Sequence[str]
+                     ) -> tuple[Features, dict[str, Matches]]:
+        """Query keypoints and matches to the database keypoints, from dense matches."""
+        from ..io.images import read_image
+
+        pts_q, pts_db, scores = [], [], []
+        for name in names:
+            points = self.matcher.match_points(image, read_image(self.db_dir / name))
+            pts_q.append(points["keypoints0"])
+            pts_db.append(points["keypoints1"])
+            scores.append(points["scores"])
+        kpts, kscores, matches = points_to_reference(
+            pts_q, pts_db, scores, [self.db_features[n].keypoints for n in names], 1.0,
+            self.conf.assign_px)
+        feats = Features(kpts, kscores, np.zeros((len(kpts), 0), np.float32),
+                         (image.shape[1], image.shape[0]))
+        return feats, dict(zip(names, matches, strict=True))
 
 
 def run_localize(
@@ -263,17 +306,29 @@ def run_localize(
         raise MapError(f"{map_dir}: no database image of the map has a pose")
     check_map_features(loaded, db_names[:3])
 
-    q_feats, q_report = extract_features(query_dir, work_dir, info["features"],
-                                         info["extractor_conf"], names)
+    dense = is_dense_matcher(info["matcher"])
+    if dense:  # query keypoints come from the dense matches (below)
+        q_report = BatchReport("extract (dense)")
+    else:
+        q_feats, q_report = extract_features(query_dir, work_dir, info["features"],
+                                             info["extractor_conf"], names)
     q_global = compute_global(query_dir, work_dir, info["global"], info["global_conf"], names,
                               state=loaded.global_state)
     index = GlobalIndex(read_global(loaded.global_path, db_names), db_names, IndexConf(kind=conf.index))
     retrieved = retrieve(read_global(q_global.descriptors, q_global.names), q_global.names, index,
                          conf.num_loc)
     pairs = [(q, d) for q, hits in retrieved.items() for d, _ in hits]
-    matches_path = matches_file(work_dir, q_feats, info["matcher"], info["matcher_conf"], "loc")
-    match_pairs(pairs, q_feats, matches_path, info["matcher"], info["matcher_conf"],
-                features_ref=loaded.features_path)
+    if dense:
+        q_feats, matches_path, m_report = run_match_to_reference(
+            pairs, query_dir, _database_dir(loaded), loaded.features_path, work_dir,
+            info["matcher"], info["matcher_conf"], assign_px=conf.assign_px)
+        for key, reason in m_report.failures.items():  # "query db": a query's every pair
+            q_report.failures.setdefault(key.split(" ")[0], reason)
+    else:
+        matches_path = matches_file(work_dir, q_feats, info["matcher"], info["matcher_conf"],
+                                    "loc")
+        match_pairs(pairs, q_feats, matches_path, info["matcher"], info["matcher_conf"],
+                    features_ref=loaded.features_path)
 
     failed = {**q_report.failures, **q_global.report.failures}
     results: dict[str, LocResult] = {}

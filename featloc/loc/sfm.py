@@ -2,7 +2,8 @@
 reconstruction, methods.md 6.4).
 
 With known poses (a COLMAP text model or a kapture folder, rigs included): mapping pairs
-(pose neighbours, retrieval or exhaustive), local features and matches (cached HDF5 files),
+(pose neighbours, retrieval or exhaustive), local features and matches (cached HDF5 files;
+with a detector-free matcher, keypoints collected from its matches, `featloc.match_dense`),
 verification of every match against the known epipolar geometry (Sampson distance), import
 into a COLMAP database (keypoints + 0.5 through `featloc.io.colmap`) and COLMAP's point
 triangulation with poses and intrinsics fixed. Without poses (`images` only): retrieval
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..batch import BatchReport
 from ..config import make_conf
 from ..eval.report import write_json
 from ..geometry.camera import Camera
@@ -48,6 +50,7 @@ from ..io.colmap import (
 from ..io.h5 import FeatureStore, MatchStore
 from ..io.images import list_images
 from ..io.pairs import pairs_exhaustive, write_pairs
+from ..match_dense import is_dense_matcher, run_dense_step
 from ..progress import track
 from . import DEFAULT_FEATURES, DEFAULT_GLOBAL, DEFAULT_MATCHER
 from .cache import extract_features, match_pairs, matches_file, resolved_conf
@@ -254,7 +257,12 @@ def run_map(
         raise MapError(f"{image_dir}: the database is empty (no images)")
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    feats_path, fx_report = extract_features(image_dir, output_dir, features, extractor_conf, names)
+    dense = is_dense_matcher(matcher)
+    if dense:  # keypoints come from the mapping pairs' dense matches (below)
+        feats_path, fx_report = None, BatchReport("extract (dense)")
+    else:
+        feats_path, fx_report = extract_features(image_dir, output_dir, features, extractor_conf,
+                                                 names)
     if fx_report.failures:  # already reported one by one; the map goes on without them
         logger.error("map: %d unreadable database images are left out", len(fx_report.failures))
         names = [n for n in names if n not in fx_report.failures]
@@ -277,13 +285,20 @@ def run_map(
     if not pairs:
         raise MapError(f"{image_dir}: no mapping pairs ({len(names)} images)")
     pairs_path = write_pairs(output_dir / "pairs-mapping.txt", pairs)
-    matches_path = matches_file(output_dir, feats_path, matcher, matcher_conf, "mapping")
-    match_report = match_pairs(pairs, feats_path, matches_path, matcher, matcher_conf)
+    if dense:
+        *_, feats_path, matches_path, _, match_report = run_dense_step(
+            image_dir, pairs, output_dir, matcher, matcher_conf)
+        features, extractor_conf = "dense", {}
+    else:
+        matches_path = matches_file(output_dir, feats_path, matcher, matcher_conf, "mapping")
+        match_report = match_pairs(pairs, feats_path, matches_path, matcher, matcher_conf)
 
     colmap_dir = output_dir / "colmap"
     database = colmap_dir / "database.db"
     with FeatureStore(feats_path, "r") as fstore:
-        keypoints = {n: fstore.read(n).keypoints for n in names}
+        # (dense: an image whose every pair failed has no keypoints)
+        keypoints = {n: fstore.read(n).keypoints if n in fstore else np.zeros((0, 2), np.float32)
+                     for n in names}
     stats: dict = {"num_images": len(names), "num_unreadable": len(fx_report.failures),
                    "num_pairs": len(pairs), "num_match_failures": len(match_report.failures)}
     if ref is not None:
@@ -346,8 +361,10 @@ def run_map(
         "matcher": matcher, "matcher_conf": matcher_conf or {},
         "global": global_name, "global_conf": global_conf or {},
         "confs": {"map": dataclasses.asdict(conf),
-                  "extractor": resolved_conf("extractor", features, extractor_conf),
-                  "matcher": resolved_conf("matcher", matcher, matcher_conf)},
+                  "extractor": ({"name": "dense"} if dense else
+                                resolved_conf("extractor", features, extractor_conf)),
+                  "matcher": resolved_conf("dense" if dense else "matcher", matcher,
+                                           matcher_conf)},
         "files": {"features": _rel(feats_path, output_dir),
                   "global": _rel(global_files.descriptors, output_dir),
                   "global_state": _rel(global_files.state, output_dir),

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from ..eval.report import write_json
 from ..geometry.estimators import estimate_fundamental, ransac_conf
 from ..io.h5 import FeatureStore, MatchStore
 from ..io.images import list_images
-from ..match_dense import is_dense_matcher, run_dense_step
+from ..match_dense import common_root, is_dense_matcher, run_dense_step
 from ..progress import track
 from . import DEFAULT_FEATURES, DEFAULT_GLOBAL, DEFAULT_MATCHER
 from .cache import extract_features, match_pairs, matches_file, resolved_conf
@@ -215,14 +214,7 @@ def _match_dense(query_dir: Path, db_dir: Path, work_dir: Path, pairs, matcher: 
     """Match (query, db) pairs with a detector-free matcher. Its keypoint and match files
     name images relative to the two folders' common root; returns them and the two name
     mappings (query / db name -> stored name)."""
-    qdir, ddir = query_dir.resolve(), db_dir.resolve()
-    root = Path(os.path.commonpath([qdir, ddir]))
-
-    def prefixer(folder: Path):
-        prefix = folder.relative_to(root).as_posix()
-        return str if prefix == "." else (lambda name: f"{prefix}/{name}")
-
-    qkey, dkey = prefixer(qdir), prefixer(ddir)
+    root, qkey, dkey = common_root(query_dir, db_dir)
     *_, feats_path, matches_path, _, _ = run_dense_step(
         root, [(qkey(q), dkey(d)) for q, d in pairs], work_dir, matcher, matcher_conf)
     return feats_path, matches_path, qkey, dkey
