@@ -33,6 +33,9 @@ def add_parser(sub, formatter):
                    help="retrieval: unlocalized queries get the top retrieved image's pose "
                    "(flagged in the log and counted separately)")
     p.add_argument("--index", default="flat", choices=["flat", "ivf", "hnsw"], help="faiss index")
+    p.add_argument("--assign-px", type=float, default=2.0,
+                   help="maps of a detector-free matcher: a database point takes the nearest map "
+                   "keypoint within this radius (px)")
     p.add_argument("--work", type=Path, default=None,
                    help="cache folder (default: OUTPUT_STEM-work next to OUTPUT)")
     p.add_argument("--log", type=Path, default=None, help="JSON log (default: OUTPUT_STEM.log.json)")
@@ -46,6 +49,7 @@ def run(args) -> int:
         raise ValueError("--queries needs --query-images (the folder of the listed images)")
     query_dir, cameras = read_query_cameras(args.kapture_queries, args.queries, args.query_images)
     conf = {"num_loc": args.num_loc, "ransac_max_error_px": args.ransac_th_px,
-            "min_inliers": args.min_inliers, "fallback": args.fallback, "index": args.index}
+            "min_inliers": args.min_inliers, "fallback": args.fallback, "index": args.index,
+            "assign_px": args.assign_px}
     _, results = run_localize(args.map, query_dir, cameras, args.output, args.work, conf, args.log)
     return 1 if any(r.info.get("failed") for r in results.values()) else 0

@@ -78,6 +78,8 @@ class LocConf:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
         if self.num_loc < 1:
             raise ValueError(f"num_loc must be >= 1, got {self.num_loc}")
+        if self.assign_px <= 0:
+            raise ValueError(f"assign_px must be > 0, got {self.assign_px}")
 
 
 def _as_colmap_camera(camera: Camera | ColmapCamera) -> ColmapCamera:
