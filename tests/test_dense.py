@@ -406,6 +406,25 @@ def test_keypoint_quantisation_and_pair_matches():
     assert m.matches0.tolist() == [5, -1, 1] and m.matching_scores0[0] == np.float32(0.7)
 
 
+def test_show_draws_detector_free_matches(texture, tmp_path, caplog):
+    import logging
+
+    from featloc.cli import main
+    from featloc.io.images import read_image
+
+    write_image(tmp_path / "a.png", texture)
+    write_image(tmp_path / "b.png", cv2.warpPerspective(texture, H_TEST, (256, 192)))
+    png = tmp_path / "show.png"
+    with caplog.at_level(logging.INFO, logger="featloc"):
+        assert main(["show", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--matcher",
+                     "coam", "--model", "homography", "--output", str(png)]) == 0
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("coam:"))
+    matches = int(line.split(":")[1].split()[0])
+    inliers = int(line.split("homography:")[1].split()[0])
+    assert matches > 50 and inliers > 0.8 * matches, line
+    assert read_image(png).shape[1] >= 2 * 256  # side by side
+
+
 def test_points_to_reference_keypoints():
     """Localizing against a dense map: query points merge across pairs, reference points take
     the nearest fixed keypoint within the radius or are dropped."""
