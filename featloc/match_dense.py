@@ -176,15 +176,15 @@ def match_raw(pair_list: list[tuple[str, str]], image_dir: Path, raw_file: Path,
               resolved: dict, overwrite: bool = False) -> BatchReport:
     """Phase 1 (resumable): each pair's matched points and scores into the raw store, skipping
     pairs stored with the same matcher configuration and image files (in either order)."""
-    name = resolved["name"]
+    name, image_dir = resolved["name"], Path(image_dir)
     conf_digest = digest(resolved)
     report = BatchReport(f"match-dense {name}")
-    images = _ImageCache(Path(image_dir))
+    images = _ImageCache(image_dir)
     sources: dict[str, str] = {}
 
     def source(n: str) -> str:
         if n not in sources:
-            sources[n] = file_digest(Path(image_dir) / n)
+            sources[n] = file_digest(image_dir / n)
         return sources[n]
 
     with PairPointsStore(raw_file, "a", attrs=conf_attrs(resolved)) as raw:

@@ -243,48 +243,44 @@ def matcher_speed_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _time_dense(name: str, conf: dict, image0, image1, repeats: int, threads: int) -> dict:
-    """One dense matcher's timing and memory, in the calling (fresh) process."""
+def _time_pair(pair: Callable[[], int], net, repeats: int) -> dict:
+    """Median seconds of `pair()` (returns the number of matches) and the memory it took, in
+    the calling (fresh) process; `net` (or None) gives the parameter count."""
     import resource
 
+    import torch
+
+    before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seconds, num_matches = median_time(pair, repeats)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
+    return {"pair_s": seconds, "num_matches": int(num_matches),
+            "peak_rss_mb": peak_kb / 1024, "match_rss_mb": max(peak_kb - before_kb, 0) / 1024,
+            "parameters": sum(p.numel() for p in net.parameters()) if net is not None else 0,
+            "torch_threads": torch.get_num_threads()}
+
+
+def _time_dense(name: str, conf: dict, image0, image1, repeats: int, threads: int) -> dict:
+    """One dense matcher's timing and memory (`_time_pair`)."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     matcher = build("dense", name, **conf)
-    before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    seconds, points = median_time(lambda: matcher.match_points(image0, image1), repeats)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
-    return {"pair_s": seconds, "num_matches": int(len(points["scores"])),
-            "peak_rss_mb": peak_kb / 1024, "match_rss_mb": max(peak_kb - before_kb, 0) / 1024,
-            "parameters": sum(p.numel() for p in matcher.net.parameters()),
-            "torch_threads": torch.get_num_threads()}
+    return _time_pair(lambda: len(matcher.match_points(image0, image1)["scores"]), matcher.net,
+                      repeats)
 
 
 def _time_sparse_pair(extractor: str, matcher: str, max_num_keypoints: int, image0, image1,
                       repeats: int, threads: int) -> dict:
-    """The baseline's whole pair (extract both images, match), in the calling (fresh)
-    process, with the same fields as `_time_dense`."""
-    import resource
-
+    """The baseline's whole pair (extract both images, match), timed like `_time_dense`."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     ext = build("extractor", extractor, max_num_keypoints=max_num_keypoints)
     model = build("matcher", matcher)
-    before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-    def pair():
-        return model.match(ext.extract(image0), ext.extract(image1))
-
-    seconds, matches = median_time(pair, repeats)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    net = getattr(ext, "net", None)
-    return {"pair_s": seconds, "num_matches": int(len(matches)),
-            "peak_rss_mb": peak_kb / 1024, "match_rss_mb": max(peak_kb - before_kb, 0) / 1024,
-            "parameters": sum(p.numel() for p in net.parameters()) if net is not None else 0,
-            "torch_threads": torch.get_num_threads()}
+    return _time_pair(lambda: len(model.match(ext.extract(image0), ext.extract(image1))),
+                      getattr(ext, "net", None), repeats)
 
 
 def run_dense_speed_benchmark(
