@@ -16,6 +16,7 @@ import pytest
 from featloc.cli import main
 from featloc.eval.hpatches import (
     HIGH_RES_SEQUENCES,
+    detector_repeatability,
     homography_accuracy,
     list_pairs,
     match_errors,
@@ -172,6 +173,22 @@ def test_match_precision_by_hand():
     assert homography_accuracy([0.5, 2.0, math.inf, 4.0], [1, 3, 5]) == [0.25, 0.5, 0.75]
 
 
+def test_detector_repeatability_by_hand():
+    H = np.array([[1.0, 0, 10], [0, 1, 0], [0, 0, 1]])  # shift x by 10 px; images 100x50
+    k0 = np.array([[0.0, 0], [20, 20], [40, 10], [95, 5]])  # the last lands outside image 1
+    # nearest distances after warping: 1, 2, 5 (not repeated at 3 px)
+    k1 = np.array([[11.0, 0], [30, 22], [55, 10], [2, 40]])  # the last lands outside image 0
+    rep, err = detector_repeatability(k0, k1, H, (100, 50), (100, 50))
+    assert rep == pytest.approx(4 / 6)  # 2 of 3 shared keypoints on each side
+    assert err == pytest.approx((1 + 2 + 1 + 2) / 4)
+    # exactly eps counts as repeated (SuperPoint: <=); nothing shared gives 0 and no error
+    assert detector_repeatability(k0[:1], [[13.0, 0]], H, (100, 50), (100, 50)) == (1.0, 3.0)
+    assert detector_repeatability(k0, np.zeros((0, 2)), H, (100, 50), (100, 50)) == (0.0, None)
+    # a detector that moves its points by 1 px has error 1 and full repeatability
+    rep, err = detector_repeatability(k0[:3], k0[:3] + [10, 1], H, (100, 50), (100, 50))
+    assert (rep, err) == (1.0, pytest.approx(1.0))
+
+
 def _record(seq, k, precision, h_error, n_matches=4):
     return {"sequence": seq, "split": seq[0], "k": k, "name0": f"{seq}/1.ppm",
             "name1": f"{seq}/{k}.ppm", "num_keypoints0": 10, "num_keypoints1": 20 + k,
@@ -243,6 +260,9 @@ def test_benchmark_end_to_end(benchmark_run):
     results = json.loads((out / "results.json").read_text())
     assert len(results["pairs"]) == 10 and results["confs"] == summary["confs"]
     assert "| sift | nn |" in (out / "summary.md").read_text()
+    # SIFT on exact homographies of one image: most keypoints repeat, sub-pixel localisation
+    assert summary["repeatability"]["all"] > 0.4
+    assert 0 < summary["loc_error_px"]["all"] < 1.0
 
 
 def test_benchmark_rerun_recomputes_nothing(benchmark_run, hpatches_dir):

@@ -11,7 +11,11 @@ Protocol (docs: methods.md 5.1 and 5.2):
   per-pair precision (fraction of matches with error <= t; 0 for a pair without matches),
   averaged over pairs, for all pairs and for illumination (i_) and viewpoint (v_) separately;
 - homography: `estimate_homography` on the matches, mean corner error over the 4 corners of
-  image 1 (failure = inf), accuracy (fraction of pairs with error <= t) and AUC at 1/3/5 px.
+  image 1 (failure = inf), accuracy (fraction of pairs with error <= t) and AUC at 1/3/5 px;
+- detector (SuperPoint, sec. 7.1): repeatability and localisation error at eps = 3 px over the
+  keypoints each image sees of the other, on all the keypoints the extractor returned (SuperPoint
+  fixes 300 or 1000 per image; repeatability grows with the count). Not for dense matchers, whose
+  keypoints are the matches.
 
 Features and matches are cached in the output folder by `run_extract`/`run_match`, and the
 per-pair metrics in `results.json` keyed by a digest of everything they depend on, so a
@@ -54,6 +58,7 @@ NUM_IMAGES = 6
 MMA_THRESHOLDS_PX = tuple(range(1, 11))
 H_THRESHOLDS_PX = (1, 3, 5)
 SPLITS = ("i", "v", "all")
+REPEATABILITY_EPS_PX = 3.0
 RESULTS, SUMMARY, SUMMARY_MD, MMA_PLOT = "results.json", "summary.json", "summary.md", "mma.png"
 
 
@@ -154,6 +159,40 @@ def homography_accuracy(errors: Sequence[float], thresholds: Sequence[float]) ->
     return [float(np.mean(errors <= t)) for t in thresholds]
 
 
+def detector_repeatability(
+    keypoints0: np.ndarray, keypoints1: np.ndarray, H_0to1: np.ndarray,
+    image_size0: tuple[int, int], image_size1: tuple[int, int],
+    eps_px: float = REPEATABILITY_EPS_PX,
+) -> tuple[float, float | None]:
+    """SuperPoint's repeatability and localisation error of one pair of keypoint sets.
+
+    Only keypoints that land inside the other image (sizes (w, h)) count. A keypoint is
+    repeated when the nearest keypoint of the other image is within `eps_px` after warping;
+    repeatability = repeated / counted over both images, and the localisation error is the mean
+    of those nearest distances (None when nothing is repeated). Distances are measured in image 1.
+    """
+    from scipy.spatial import cKDTree
+
+    def inside(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        w, h = size
+        return (np.isfinite(points).all(1) & (points[:, 0] >= -0.5) & (points[:, 1] >= -0.5)
+                & (points[:, 0] <= w - 0.5) & (points[:, 1] <= h - 0.5))
+
+    k0 = np.asarray(keypoints0, np.float64).reshape(-1, 2)
+    k1 = np.asarray(keypoints1, np.float64).reshape(-1, 2)
+    warped0 = warp_points(k0, H_0to1)
+    shared0 = warped0[inside(warped0, image_size1)]
+    shared1 = k1[inside(warp_points(k1, np.linalg.inv(H_0to1)), image_size0)]
+    if len(shared0) == 0 or len(shared1) == 0:
+        return 0.0, None
+    dist0, _ = cKDTree(shared1).query(shared0)
+    dist1, _ = cKDTree(shared0).query(shared1)
+    nearest = np.concatenate([dist0, dist1])
+    repeated = nearest[nearest <= eps_px]
+    repeatability = len(repeated) / (len(shared0) + len(shared1))
+    return float(repeatability), (float(repeated.mean()) if len(repeated) else None)
+
+
 def evaluate_pair(
     points0: np.ndarray, points1: np.ndarray, H_gt: np.ndarray, image_size0: tuple[int, int],
     ransac: RansacConf | dict | None = None,
@@ -180,12 +219,13 @@ def summarize(records: list[dict]) -> dict:
         records: per pair: sequence, split ("i", "v" or ""), name0, name1, num_keypoints0/1,
             num_matches, precision [len(MMA_THRESHOLDS_PX)], H_error_px (None = failure).
     Returns:
-        num_pairs, num_sequences, mma [10], H_accuracy [3], H_auc [3], H_failures, each a
-        dict over SPLITS ("i", "v", "all"); num_keypoints (mean per image) and num_matches
+        num_pairs, num_sequences, mma [10], H_accuracy [3], H_auc [3], H_failures,
+        repeatability and loc_error_px (means over pairs; None without detector records), each
+        a dict over SPLITS ("i", "v", "all"); num_keypoints (mean per image) and num_matches
         (mean per pair).
     """
     out: dict = {"num_pairs": {}, "num_sequences": {}, "mma": {}, "H_accuracy": {},
-                 "H_auc": {}, "H_failures": {}}
+                 "H_auc": {}, "H_failures": {}, "repeatability": {}, "loc_error_px": {}}
     for split in SPLITS:
         subset = [r for r in records if split == "all" or r["split"] == split]
         out["num_pairs"][split] = len(subset)
@@ -199,6 +239,11 @@ def summarize(records: list[dict]) -> dict:
         out["H_accuracy"][split] = homography_accuracy(errors, H_THRESHOLDS_PX)
         out["H_auc"][split] = error_auc(errors, H_THRESHOLDS_PX) if subset else [0.0] * 3
         out["H_failures"][split] = int(sum(not np.isfinite(e) for e in errors))
+        # detector metrics: None for dense matchers (records without them)
+        reps = [r["repeatability"] for r in subset if r.get("repeatability") is not None]
+        errs = [r["loc_error_px"] for r in subset if r.get("loc_error_px") is not None]
+        out["repeatability"][split] = float(np.mean(reps)) if reps else None
+        out["loc_error_px"][split] = float(np.mean(errs)) if errs else None
     counts = {}
     for r in records:  # mean per image: count image 1 once per sequence
         counts[r["name0"]] = r["num_keypoints0"]
@@ -240,7 +285,8 @@ def run_homography_benchmark(
 
     # Cache names encode the configurations, so changing one never reuses stale entries.
     rconf = dataclasses.asdict(ransac_conf(ransac))
-    if is_dense_matcher(matcher):  # keypoints come from the matches (featloc.match_dense)
+    dense = is_dense_matcher(matcher)
+    if dense:  # keypoints come from the matches (featloc.match_dense)
         features, fconf, mconf, feats_path, matches_path, extract_report, match_report = \
             run_dense_step(data_dir, [(p.name0, p.name1) for p in pairs], output_dir,
                                     matcher, matcher_conf)
@@ -270,10 +316,11 @@ def run_homography_benchmark(
                 records.append({**base, "digest": None, "num_keypoints0": 0,
                                 "num_keypoints1": 0, "num_matches": 0,
                                 "precision": [0.0] * len(MMA_THRESHOLDS_PX),
-                                "H_error_px": None, "H_success": False, "num_inliers": 0})
+                                "H_error_px": None, "H_success": False, "num_inliers": 0,
+                                "repeatability": None if dense else 0.0, "loc_error_px": None})
                 continue
             key = digest(mstore.entry_attrs(found[0]).get("digest"), rconf, pair.H.tolist(),
-                         MMA_THRESHOLDS_PX)
+                         MMA_THRESHOLDS_PX, None if dense else REPEATABILITY_EPS_PX)
             if key in cached:
                 records.append({**cached[key], **base})
                 continue
@@ -281,6 +328,9 @@ def run_homography_benchmark(
             matches = mstore.read(pair.name0, pair.name1, len(f0))
             points0, points1 = matches.matched_points(f0, f1)
             metrics = evaluate_pair(points0, points1, pair.H, f0.image_size, rconf)
+            metrics["repeatability"], metrics["loc_error_px"] = (None, None) if dense else \
+                detector_repeatability(f0.keypoints, f1.keypoints, pair.H, f0.image_size,
+                                       f1.image_size)
             if not math.isfinite(metrics["H_error_px"]):
                 metrics["H_error_px"] = None  # JSON has no inf: null means failure
             records.append({**base, "digest": key, "num_keypoints0": len(f0),
@@ -325,11 +375,12 @@ def _pct(value: float) -> str:
 
 def summaries_to_markdown(summaries: Sequence[dict], labels: Sequence[str] | None = None) -> str:
     """One markdown table row per summary (values in %): MMA@1/3/5/10 as i / v / all,
-    homography accuracy and corner-error AUC at 1/3/5 px (all pairs), mean #keypoints per
-    image and #matches per pair."""
+    homography accuracy and corner-error AUC at 1/3/5 px (all pairs), detector repeatability
+    (%) and localisation error (px) at 3 px (all pairs; "-" for dense matchers), mean #keypoints
+    per image and #matches per pair."""
     thresholds = list(MMA_THRESHOLDS_PX)
     header = ["features", "matcher"] + [f"MMA@{t} i / v / all" for t in (1, 3, 5, 10)]
-    header += ["H acc @1/3/5px", "H AUC @1/3/5px", "#kpts", "#matches"]
+    header += ["H acc @1/3/5px", "H AUC @1/3/5px", "Rep / LE", "#kpts", "#matches"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, s in enumerate(summaries):
         features = labels[i] if labels else s["features"]
@@ -339,6 +390,8 @@ def summaries_to_markdown(summaries: Sequence[dict], labels: Sequence[str] | Non
             row.append(" / ".join(_pct(s["mma"][split][j]) for split in SPLITS))
         row.append(" / ".join(_pct(v) for v in s["H_accuracy"]["all"]))
         row.append(" / ".join(_pct(v) for v in s["H_auc"]["all"]))
+        rep, err = (s.get(k, {}).get("all") for k in ("repeatability", "loc_error_px"))
+        row.append("-" if rep is None else f"{_pct(rep)} / {'-' if err is None else f'{err:.2f}'}")
         row += [f"{s['num_keypoints']:.0f}", f"{s['num_matches']:.0f}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
