@@ -117,3 +117,17 @@ def build(kind: str, name: str, **conf: Any):
     """Instantiate the component registered as `name` with its preset and `conf` overrides."""
     cls, preset = resolve(kind, name)
     return cls(make_conf(cls.Conf, preset, conf))
+
+
+def resolved_conf(name: str, component: Any) -> dict[str, Any]:
+    """The full configuration of a built component, as recorded next to its outputs and hashed
+    into their cache keys: the name, every conf field and, for a component with a loaded weights
+    file (`weights_file`), a digest of that file's content. With the digest, a file retrained or
+    replaced at the same path (or new shipped weights) invalidates cached outputs."""
+    resolved = {"name": name, **dataclasses.asdict(component.conf)}
+    path = getattr(component, "weights_file", None)
+    if path is not None:
+        from .batch import file_digest
+
+        resolved["weights_digest"] = file_digest(path)
+    return resolved

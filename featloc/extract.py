@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
 from .batch import BatchReport, digest, file_digest
-from .config import build
+from .config import build, resolved_conf
 from .io.h5 import FeatureStore, conf_attrs
 from .io.images import ImageReadError, list_images, read_image
 from .progress import track
@@ -31,7 +30,7 @@ def run_extract(
     """
     image_dir = Path(image_dir)
     extractor = build("extractor", features, **(conf or {}))
-    resolved = {"name": features, **dataclasses.asdict(extractor.conf)}
+    resolved = resolved_conf(features, extractor)
     conf_digest = digest(resolved)
     if names is None:
         names = list_images(image_dir)

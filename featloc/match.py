@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
 
 from .batch import BatchReport, digest
-from .config import build
+from .config import build, resolved_conf
 from .io.h5 import FeatureStore, MatchStore, conf_attrs
 from .io.pairs import read_pairs
 from .progress import track
@@ -53,7 +52,7 @@ def run_match(
     images in `features_ref`), and pairs are stored in the (name0, name1) order.
     """
     model = build("matcher", matcher, **(conf or {}))
-    resolved = {"name": matcher, **dataclasses.asdict(model.conf)}
+    resolved = resolved_conf(matcher, model)
     conf_digest = digest(resolved)
     pair_list = read_pairs(pairs) if isinstance(pairs, str | Path) else list(pairs)
     report = BatchReport(f"match {matcher}")

@@ -21,7 +21,6 @@ the benchmarks' result caches notice any change.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .batch import BatchReport, digest, file_digest
-from .config import available, build
+from .config import available, build, resolved_conf
 from .io.h5 import AtomicH5, FeatureStore, MatchStore, conf_attrs, names_to_pair
 from .io.images import ImageReadError, read_image
 from .io.pairs import read_pairs
@@ -164,7 +163,7 @@ def run_match_dense(
         raise ValueError(f"cell_px must be > 0, got {cell_px}")
     if model is None:
         model = build("dense", matcher, **(conf or {}))
-    resolved = {"name": matcher, **dataclasses.asdict(model.conf)}
+    resolved = resolved_conf(matcher, model)
     pair_list = read_pairs(pairs) if isinstance(pairs, str | Path) else list(pairs)
     report = match_raw(pair_list, image_dir, raw_path(output), model, resolved, overwrite)
     aggregate(raw_path(output), output, features_output, cell_px, resolved, overwrite)
@@ -332,7 +331,7 @@ def run_match_to_reference(
     work_dir = Path(work_dir)
     if model is None:
         model = build("dense", matcher, **(conf or {}))
-    resolved = {"name": matcher, **dataclasses.asdict(model.conf)}
+    resolved = resolved_conf(matcher, model)
     tag = digest(resolved)
     root, qkey, rkey = common_root(query_dir, ref_dir)
     raw_file = work_dir / f"matches-{matcher}-{tag}{RAW_SUFFIX}"
@@ -406,7 +405,7 @@ def run_dense_step(image_dir: Path, pairs: list[tuple[str, str]], output_dir: Pa
     conf, matcher conf, keypoint file, match file, extraction report (empty), matching
     report)."""
     model = build("dense", matcher, **(matcher_conf or {}))
-    mconf = {"name": matcher, **dataclasses.asdict(model.conf)}
+    mconf = resolved_conf(matcher, model)
     tag = digest(mconf, extra_conf) if extra_conf is not None else digest(mconf)
     feats_path = Path(output_dir) / f"keypoints-{matcher}-{tag}.h5"
     matches_path = Path(output_dir) / f"matches-{matcher}-{tag}.h5"

@@ -429,6 +429,31 @@ def test_weights_file_round_trip(lite_net, tmp_path):
         build("extractor", "samfeat-lite", weights=str(tmp_path / "v.pt"))
 
 
+def test_weights_replaced_at_the_same_path_invalidate_cached_features(lite_net, tmp_path):
+    # A retrained model exported over the old file must not reuse features cached for the old
+    # one: the weights' content is part of the cache key (config.resolved_conf).
+    from featloc.extract import run_extract
+    from featloc.io.h5 import FeatureStore
+    from featloc.io.images import write_image
+
+    images = tmp_path / "images"
+    for i in range(2):
+        write_image(images / f"{i}.png", _texture(48, 64, seed=i))
+    path = save_samfeat_net(lite_net, tmp_path / "lite.pt")
+    conf = {"weights": str(path), "detection_threshold": 0.01, "max_num_keypoints": 25}
+    out = tmp_path / "feats.h5"
+    assert run_extract(images, out, "samfeat-lite", conf).done == 2
+    assert run_extract(images, out, "samfeat-lite", conf).skipped == 2
+    with FeatureStore(out, "r") as store:
+        before = store.read("0.png").descriptors
+    torch.manual_seed(1)
+    save_samfeat_net(build_samfeat_net(SAMFeatNetConf(arch="lite")).eval(), path)
+    assert run_extract(images, out, "samfeat-lite", conf).done == 2
+    with FeatureStore(out, "r") as store:
+        after = store.read("0.png").descriptors
+    assert before.shape != after.shape or not np.allclose(before, after)
+
+
 # ------------------------------------------------------------------------------------------
 # ONNX
 

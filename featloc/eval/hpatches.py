@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..batch import digest
-from ..config import build
+from ..config import build, resolved_conf
 from ..extract import run_extract
 from ..geometry.estimators import RansacConf, estimate_homography, ransac_conf
 from ..geometry.homography import homography_corner_error, warp_points
@@ -292,9 +292,9 @@ def run_homography_benchmark(
                                     matcher, matcher_conf)
     else:
         extractor = build("extractor", features, **(extractor_conf or {}))
-        fconf = {"name": features, **dataclasses.asdict(extractor.conf)}
+        fconf = resolved_conf(features, extractor)
         model = build("matcher", matcher, **(matcher_conf or {}))
-        mconf = {"name": matcher, **dataclasses.asdict(model.conf)}
+        mconf = resolved_conf(matcher, model)
         feats_path = output_dir / f"feats-{features}-{digest(fconf)}.h5"
         matches_path = (output_dir
                         / f"matches-{features}-{digest(fconf)}_{matcher}-{digest(mconf)}.h5")

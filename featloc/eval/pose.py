@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from ..batch import digest, file_digest
-from ..config import build
+from ..config import build, resolved_conf
 from ..extract import run_extract
 from ..geometry.camera import Camera, inplane_rotation
 from ..geometry.epipolar import epipolar_errors
@@ -405,9 +405,9 @@ def run_pose_benchmark(
             run_dense_step(root, unique, output_dir, matcher, matcher_conf, prep_conf)
     else:
         extractor = build("extractor", features, **(extractor_conf or {}))
-        fconf = {"name": features, **dataclasses.asdict(extractor.conf)}
+        fconf = resolved_conf(features, extractor)
         model = build("matcher", matcher, **(matcher_conf or {}))
-        mconf = {"name": matcher, **dataclasses.asdict(model.conf)}
+        mconf = resolved_conf(matcher, model)
         feats_path = output_dir / f"feats-{features}-{digest(fconf, prep_conf)}.h5"
         matches_path = output_dir / (
             f"matches-{features}-{digest(fconf, prep_conf)}_{matcher}-{digest(mconf)}.h5"

@@ -181,7 +181,7 @@ class SAMFeat(Extractor):
         from ..models.samfeat import SAMFeatNetConf, fuse_batchnorm, load_samfeat_net
 
         self._torch = torch
-        self._weights_path: Path | None = None
+        self.weights_file: Path | None = None  # the loaded file (see config.resolved_conf)
         if net is None:
             path = Path(conf.weights) if conf.weights else shipped_weights(conf.arch)
             if not path.is_file():
@@ -189,7 +189,7 @@ class SAMFeat(Extractor):
                     raise FileNotFoundError(f"SAMFeat weights not found: {path}")
                 raise FileNotFoundError(_missing_weights_message(conf.arch, path))
             net = load_samfeat_net(path, SAMFeatNetConf(arch=conf.arch))
-            self._weights_path = path
+            self.weights_file = path
         else:
             net = copy.deepcopy(net)  # fusing BatchNorm and the layout change are in place
         if net.conf.arch != conf.arch:
@@ -237,7 +237,7 @@ class SAMFeat(Extractor):
         from ..models.export import export_onnx_bytes
 
         model = None
-        if self._weights_path is not None:
+        if self.weights_file is not None:
             path = self._cached_onnx_path()
             if not path.is_file():
                 try:
@@ -245,7 +245,7 @@ class SAMFeat(Extractor):
                     tmp = path.with_suffix(f".tmp{os.getpid()}")
                     tmp.write_bytes(export_onnx_bytes(self.net, ONNX_OPSET))
                     os.replace(tmp, path)  # atomic: concurrent processes never see half a file
-                    logger.info("exported %s to %s", self._weights_path, path)
+                    logger.info("exported %s to %s", self.weights_file, path)
                 except OSError as exc:
                     logger.warning("cannot cache the ONNX graph in %s (%s); exporting in memory",
                                    path.parent, exc)
@@ -266,11 +266,11 @@ class SAMFeat(Extractor):
 
         import onnxruntime as ort
 
-        digest = hashlib.sha256(self._weights_path.read_bytes())
+        digest = hashlib.sha256(self.weights_file.read_bytes())
         meta = {"net": dataclasses.asdict(self.net.conf), "opset": ONNX_OPSET,
                 "torch": self._torch.__version__, "ort": ort.__version__}
         digest.update(json.dumps(meta, sort_keys=True).encode())
-        stem = self._weights_path.stem
+        stem = self.weights_file.stem
         return cache_dir(self.conf.onnx_cache_dir) / "onnx" / f"{stem}-{digest.hexdigest()[:16]}.onnx"
 
     # ---------------------------------------------------------------------------------------

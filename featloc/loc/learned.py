@@ -82,8 +82,8 @@ class LearnedGlobal(GlobalDescriptor):
         from ..models.samfeat import fuse_batchnorm
 
         self._torch, self._round = torch, round_to_multiple
-        self.path = weights_path(self.conf.weights)
-        net = load_retrieval_net(self.path)
+        self.weights_file = weights_path(self.conf.weights)  # see config.resolved_conf
+        net = load_retrieval_net(self.weights_file)
         self.descriptor_dim = net.descriptor_dim
         fuse_batchnorm(net.backbone)  # eval-mode BatchNorm folded into the convs (faster)
         net.requires_grad_(False)
@@ -99,7 +99,7 @@ class LearnedGlobal(GlobalDescriptor):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            digest = hashlib.blake2b(self.path.read_bytes(), digest_size=8).hexdigest()
+            digest = hashlib.blake2b(self.weights_file.read_bytes(), digest_size=8).hexdigest()
             self._fingerprint = f"{digest}-{self.precision}"
         return self._fingerprint
 

@@ -31,7 +31,6 @@ self-pairs are excluded when queries and database are the same images.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
@@ -42,7 +41,7 @@ import cv2
 import numpy as np
 
 from ..batch import BatchReport, digest, file_digest
-from ..config import build
+from ..config import build, resolved_conf
 from ..io.h5 import FeatureStore, GlobalStore, conf_attrs
 from ..io.images import ImageReadError, list_images, read_image
 from ..io.pairs import write_pairs
@@ -235,7 +234,7 @@ def build_global(name: str = DEFAULT_GLOBAL, conf: dict | None = None) -> Global
 
 
 def _resolved(name: str, model: GlobalDescriptor) -> dict:
-    return {"name": name, **dataclasses.asdict(model.conf)}
+    return resolved_conf(name, model)
 
 
 # -- computing and storing ------------------------------------------------------------------

@@ -74,6 +74,7 @@ class AttentionMatcher(Matcher):
         from ..models.attention import load_attention_net
 
         self._torch = torch
+        self.weights_file: Path | None = None  # the loaded file (see config.resolved_conf)
         if net is None:
             if is_weights_path(conf.weights):
                 path = Path(conf.weights)
@@ -84,6 +85,7 @@ class AttentionMatcher(Matcher):
                 if not path.is_file():
                     raise FileNotFoundError(missing_weights_message(conf.weights, path))
             net = load_attention_net(path)
+            self.weights_file = path
         self.device = torch.device(conf.device)
         self.net = net.eval().to(self.device)
         for p in self.net.parameters():

@@ -101,6 +101,7 @@ class DenseMatcher:
         from ..models.dense import DenseNetConf, build_dense_net, load_dense_net
 
         self._torch = torch
+        self.weights_file: Path | None = None  # the loaded file (see config.resolved_conf)
         if net is None:
             weights = conf.weights or conf.arch
             if weights == "none":
@@ -118,6 +119,7 @@ class DenseMatcher:
                         f"dense matcher weights not found: {path}" if is_weights_path(weights)
                         else missing_weights_message(weights, path))
                 net = load_dense_net(path)
+                self.weights_file = path
         if net.conf.arch != conf.arch:
             raise ValueError(f"dense matcher: the weights are a {net.conf.arch} network, the "
                              f"matcher is configured as {conf.arch} (use the {net.conf.arch} "
