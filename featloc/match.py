@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from contextlib import nullcontext
@@ -34,6 +35,21 @@ class _FeatureCache:
         return features
 
 
+def _check_trained_features(model, matcher: str, fstore: FeatureStore) -> None:
+    """Warn when a learned matcher meets features of another extractor than it was trained on:
+    descriptors of the same size (SIFT and SAMFeat are both 128-d) pass the shape check but
+    give meaningless matches."""
+    trained = getattr(model, "trained_features", None)
+    try:
+        used = json.loads(fstore.attrs.get("conf", "{}")).get("name")
+    except (TypeError, ValueError):
+        used = None
+    if trained and used and used != trained:
+        logger.warning("matcher %s was trained on %s features, %s holds %s features: the "
+                       "matches may be meaningless (use the matcher trained for %s)",
+                       matcher, trained, fstore.path, used, used)
+
+
 def run_match(
     features: str | Path,
     pairs: str | Path | list[tuple[str, str]],
@@ -62,6 +78,7 @@ def run_match(
     ) as mstore, (
         FeatureStore(features_ref, "r") if features_ref is not None else nullcontext(fstore)
     ) as rstore:
+        _check_trained_features(model, matcher, fstore)
         cache = _FeatureCache(fstore)
         rcache = cache if rstore is fstore else _FeatureCache(rstore)
         for name0, name1 in track(pair_list, desc=f"match {matcher}"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -281,6 +282,25 @@ def test_matcher_from_weights_file(sift_weights, warped_pair):
     no_scales = Features(f0.keypoints, f0.keypoint_scores, f0.descriptors, f0.image_size)
     with pytest.raises(ValueError, match="scales"):
         matcher.match(no_scales, f1)
+
+
+def test_matching_other_features_than_trained_on_warns(sift_weights, warped_pair, tmp_path,
+                                                        caplog):
+    from featloc.extract import run_extract
+    from featloc.match import run_match
+
+    image0, image1, _ = warped_pair
+    for name, image in (("a.png", image0), ("b.png", image1)):
+        write_image(tmp_path / "images" / name, image)
+    assert build("matcher", "attention", weights=str(sift_weights)).trained_features == "sift"
+    for features, warns in (("sift", False), ("rootsift", True)):
+        feats = tmp_path / f"{features}.h5"
+        run_extract(tmp_path / "images", feats, features, {"max_num_keypoints": 64})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="featloc.match"):
+            run_match(feats, [("a.png", "b.png")], tmp_path / f"m-{features}.h5", "attention",
+                      {"weights": str(sift_weights)})
+        assert ("trained on sift features" in caplog.text) == warns, caplog.text
 
 
 @pytest.mark.parametrize("features, matcher", [("sift", "attention-sift"),

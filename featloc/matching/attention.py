@@ -86,6 +86,8 @@ class AttentionMatcher(Matcher):
                     raise FileNotFoundError(missing_weights_message(conf.weights, path))
             net = load_attention_net(path)
             self.weights_file = path
+        # the extractor the weights were trained on (None: unknown); see match.run_match
+        self.trained_features: str | None = getattr(net, "trained_features", None)
         self.device = torch.device(conf.device)
         self.net = net.eval().to(self.device)
         for p in self.net.parameters():

@@ -599,7 +599,8 @@ def net_from_state(net_conf: dict, state_dict: dict) -> AttentionMatcherNet:
 
 def load_attention_net(path: str | Path) -> AttentionMatcherNet:
     """A network from an exported weights file or from a training checkpoint
-    (`ckpt_<step>.pt` of the `attention` task), in float32 and eval mode."""
+    (`ckpt_<step>.pt` of the `attention` task), in float32 and eval mode. `net.trained_features`
+    is the extractor name it was trained on (None when the file does not say)."""
     path = Path(path)
     try:  # weights files hold only tensors and plain values
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -607,8 +608,12 @@ def load_attention_net(path: str | Path) -> AttentionMatcherNet:
         # a trainer checkpoint also holds RNG states (numpy objects): trusted, own files only
         obj = torch.load(path, map_location="cpu", weights_only=False)
     if "net_conf" in obj and "state_dict" in obj:
-        return net_from_state(obj["net_conf"], obj["state_dict"])
+        net = net_from_state(obj["net_conf"], obj["state_dict"])
+        net.trained_features = obj.get("meta", {}).get("features")
+        return net
     if "model" in obj and obj.get("task") == "attention":
-        return net_from_state(obj["config"]["model"], obj["model"])
+        net = net_from_state(obj["config"]["model"], obj["model"])
+        net.trained_features = obj["config"].get("data", {}).get("features")
+        return net
     raise ValueError(f"{path} is neither attention-matcher weights (net_conf, state_dict) nor a "
                      "checkpoint of the `attention` training task")
