@@ -284,6 +284,13 @@ def test_markdown_table_compares_runs(benchmark_run):
     lines = table.strip().splitlines()
     assert len(lines) == 4 and lines[3].startswith("| orb | nn |")
     assert lines[0].count("|") == lines[2].count("|")
+    # dense matchers have no detector metrics: "-", and the columns still line up
+    dense = {**summary, "features": "dense", "repeatability": {"all": None},
+             "loc_error_px": {"all": None}}
+    row = summaries_to_markdown([dense]).strip().splitlines()[2]
+    assert " | - | " in row and row.count("|") == lines[0].count("|")
+    rep = summary["repeatability"]["all"]
+    assert f"{100 * rep:.1f} / " in lines[2]
 
 
 def test_d2net_check_script_agrees(benchmark_run, hpatches_dir):
