@@ -429,6 +429,38 @@ def test_weights_file_round_trip(lite_net, tmp_path):
         build("extractor", "samfeat-lite", weights=str(tmp_path / "v.pt"))
 
 
+def test_weights_from_a_training_checkpoint(lite_net, tmp_path):
+    # a checkpoint of the samfeat task (ckpt_<step>.pt, with RNG states and the config) loads
+    # like the exported file, with the network options of its config
+    torch.manual_seed(3)
+    net = build_samfeat_net(SAMFeatNetConf(arch="lite", eag=False)).eval()
+    ckpt = tmp_path / "ckpt_00000010.pt"
+    torch.save({"model": net.state_dict(), "task": "samfeat", "step": 10,
+                "rng": {"numpy": np.random.get_state()},
+                "config": {"model": {"arch": "lite", "options": {"eag": False}}}}, ckpt)
+    loaded = build("extractor", "samfeat-lite", weights=str(ckpt), detection_threshold=0.01,
+                   max_num_keypoints=25)
+    assert loaded.net.conf.eag is False
+    image = _texture(48, 64)
+    a = loaded.extract(image)
+    b = _extractor(net, detection_threshold=0.01, max_num_keypoints=25).extract(image)
+    np.testing.assert_allclose(a.descriptors, b.descriptors, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["samfeat-lite"])
+def test_shipped_weights_match_a_known_warp(name, warped_pair):
+    """The shipped weights load offline by name and their mutual-NN matches follow the known
+    homography (random weights get almost none right)."""
+    from featloc.geometry.homography import warp_points
+
+    image0, image1, H = warped_pair
+    extractor = build("extractor", name, max_num_keypoints=1024)
+    f0, f1 = extractor.extract(image0), extractor.extract(image1)
+    idx = build("matcher", "nn").match(f0, f1).indices()
+    err = np.linalg.norm(warp_points(f0.keypoints[idx[:, 0]], H) - f1.keypoints[idx[:, 1]], axis=1)
+    assert len(idx) >= 50 and (err < 3).mean() > 0.7, (len(idx), (err < 3).mean())
+
+
 def test_weights_replaced_at_the_same_path_invalidate_cached_features(lite_net, tmp_path):
     # A retrained model exported over the old file must not reuse features cached for the old
     # one: the weights' content is part of the cache key (config.resolved_conf).

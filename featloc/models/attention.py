@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -601,12 +600,10 @@ def load_attention_net(path: str | Path) -> AttentionMatcherNet:
     """A network from an exported weights file or from a training checkpoint
     (`ckpt_<step>.pt` of the `attention` task), in float32 and eval mode. `net.trained_features`
     is the extractor name it was trained on (None when the file does not say)."""
+    from .weights import load_blob
+
     path = Path(path)
-    try:  # weights files hold only tensors and plain values
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # a trainer checkpoint also holds RNG states (numpy objects): trusted, own files only
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = load_blob(path)
     if "net_conf" in obj and "state_dict" in obj:
         net = net_from_state(obj["net_conf"], obj["state_dict"])
         net.trained_features = obj.get("meta", {}).get("features")

@@ -28,7 +28,6 @@ Weights files (`save_retrieval_net` / `load_retrieval_net`): `{"net_conf", "back
 from __future__ import annotations
 
 import math
-import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -223,13 +222,10 @@ def load_retrieval_net(path: str | Path) -> RetrievalNet:
     """A net (float32, eval mode) from an exported weights file or a training checkpoint
     (`ckpt_<step>.pt` of the `retrieval` task; its backbone has the default conf of `arch`)."""
     from ..config import make_conf
+    from .weights import load_blob
 
     path = Path(path)
-    try:  # weights files hold only tensors and plain values
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # a trainer checkpoint also holds RNG states (numpy objects): trusted, own files only
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = load_blob(path)
     backbone_conf = None
     if "net_conf" in blob and "state_dict" in blob:
         net_conf, state = blob["net_conf"], blob["state_dict"]

@@ -401,10 +401,17 @@ def load_samfeat_net(path: str | Path, conf: SAMFeatNetConf | None = None) -> nn
     """Build and load a network from a weights file.
 
     The file holds either `{"net_conf": dict, "state_dict": ...}` (`save_samfeat_net`, the
-    trainer's export) or a bare state dict, in which case `conf` describes the network.
+    trainer's export), a checkpoint of the `samfeat` training task (`ckpt_<step>.pt`), or a bare
+    state dict, in which case `conf` describes the network.
     """
+    from .weights import load_blob
+
     path = Path(path)
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_blob(path)
+    if isinstance(blob, dict) and "model" in blob and blob.get("task") == "samfeat":
+        options = dict(blob["config"]["model"].get("options") or {})
+        blob = {"net_conf": {"arch": blob["config"]["model"]["arch"], **options},
+                "state_dict": blob["model"]}
     if isinstance(blob, dict) and "state_dict" in blob:
         saved = blob.get("net_conf")
         if saved is not None:

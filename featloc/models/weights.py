@@ -57,3 +57,16 @@ def load_float_state(net: nn.Module, state_dict: dict) -> nn.Module:
     net.load_state_dict({k: v.float() if v.is_floating_point() else v
                          for k, v in state_dict.items()})
     return net.eval()
+
+
+def load_blob(path: str | Path) -> dict:
+    """The dict stored in an exported weights file or a trainer checkpoint, on the CPU."""
+    import pickle
+
+    import torch
+
+    try:  # weights files hold only tensors and plain values
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # a trainer checkpoint also holds RNG states (numpy objects): trusted, own files only
+        return torch.load(path, map_location="cpu", weights_only=False)

@@ -22,12 +22,11 @@ task load as well.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
 
-from ..weights import load_float_state, save_net
+from ..weights import load_blob, load_float_state, save_net
 from .base import DenseMatchingNet, dual_softmax, mutual_matches
 from .coam import CoAM
 from .conf import COARSE_STRIDE, FINE_STRIDE, DenseNetConf
@@ -58,11 +57,7 @@ def load_dense_net(path: str | Path) -> DenseMatchingNet:
     """A network from an exported weights file or a `dense` training checkpoint, in float32
     and eval mode."""
     path = Path(path)
-    try:  # weights files hold only tensors and plain values
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # a trainer checkpoint also holds RNG states (numpy objects): trusted, own files only
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = load_blob(path)
     if isinstance(obj, dict) and "net_conf" in obj and "state_dict" in obj:
         return _from_state(obj["net_conf"], obj["state_dict"])
     if isinstance(obj, dict) and "model" in obj and obj.get("task") == "dense":
