@@ -447,7 +447,7 @@ def test_weights_from_a_training_checkpoint(lite_net, tmp_path):
     np.testing.assert_allclose(a.descriptors, b.descriptors, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["samfeat-lite"])
+@pytest.mark.parametrize("name", ["samfeat-lite", "samfeat"])
 def test_shipped_weights_match_a_known_warp(name, warped_pair):
     """The shipped weights load offline by name and their mutual-NN matches follow the known
     homography (random weights get almost none right)."""
