@@ -17,7 +17,6 @@ other jobs ran, bfloat16): ~7 ms at resize_max 320, ~33 ms at 640 (float32: 11 /
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,8 +98,9 @@ class LearnedGlobal(GlobalDescriptor):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            digest = hashlib.blake2b(self.weights_file.read_bytes(), digest_size=8).hexdigest()
-            self._fingerprint = f"{digest}-{self.precision}"
+            from ..batch import file_digest
+
+            self._fingerprint = f"{file_digest(self.weights_file)}-{self.precision}"
         return self._fingerprint
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:

@@ -233,10 +233,6 @@ def build_global(name: str = DEFAULT_GLOBAL, conf: dict | None = None) -> Global
     return build("global", name, **(conf or {}))
 
 
-def _resolved(name: str, model: GlobalDescriptor) -> dict:
-    return resolved_conf(name, model)
-
-
 # -- computing and storing ------------------------------------------------------------------
 @dataclass
 class GlobalFiles:
@@ -285,7 +281,7 @@ def compute_global(
     """
     image_dir, work_dir = Path(image_dir), Path(work_dir)
     model = build_global(name, conf)
-    resolved = _resolved(name, model)
+    resolved = resolved_conf(name, model)
     names = list_images(image_dir) if names is None else list(names)
     if not names:
         raise ValueError(f"{image_dir}: no images to describe")
