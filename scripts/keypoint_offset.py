@@ -1,0 +1,56 @@
+"""Is a detector's keypoint error a constant offset (a pixel-convention bug) or noise?
+
+On the viewpoint pairs of an HPatches-format folder, mutual-NN matches within 3 px of the true
+homography give residuals r = x1 - H(x0). A constant offset c in every detection would give
+r = (I - J) c, J the Jacobian of H at x0; the script fits c by least squares and prints it with
+the median |r| before and after removing it. A pixel-convention bug shows as |c| of a few
+tenths of a pixel and a clear drop in the median; noise leaves both unchanged.
+
+Usage: python scripts/keypoint_offset.py --data HPATCHES_DIR --features samfeat-lite [--pairs 60]
+"""
+
+import argparse
+
+import numpy as np
+
+import featloc
+from featloc.eval.hpatches import list_pairs
+from featloc.geometry.homography import warp_points
+from featloc.io.images import read_image
+
+
+def jacobian(H: np.ndarray, x: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+    """[N, 2, 2] Jacobians of x -> H(x) by central differences."""
+    cols = [(warp_points(x + d, H) - warp_points(x - d, H)) / (2 * eps)
+            for d in (np.array([eps, 0.0]), np.array([0.0, eps]))]
+    return np.stack(cols, axis=2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--features", default="samfeat-lite")
+    parser.add_argument("--pairs", type=int, default=60, help="first N viewpoint pairs")
+    args = parser.parse_args()
+    extractor = featloc.load_extractor(args.features, max_num_keypoints=2048)
+    matcher = featloc.load_matcher("nn")
+    A, b = [], []
+    for pair in [p for p in list_pairs(args.data) if p.split == "v"][: args.pairs]:
+        f0 = extractor.extract(read_image(f"{args.data}/{pair.name0}"))
+        f1 = extractor.extract(read_image(f"{args.data}/{pair.name1}"))
+        idx = matcher.match(f0, f1).indices()
+        x0 = f0.keypoints[idx[:, 0]].astype(np.float64)
+        r = f1.keypoints[idx[:, 1]] - warp_points(x0, pair.H)
+        good = np.linalg.norm(r, axis=1) < 3
+        A.append(np.eye(2) - jacobian(pair.H, x0[good]))
+        b.append(r[good])
+    A, b = np.concatenate(A), np.concatenate(b)
+    c, *_ = np.linalg.lstsq(A.reshape(-1, 2), b.reshape(-1), rcond=None)
+    rest = b - A @ c
+    print(f"{args.features}: {len(b)} matches, offset c = ({c[0]:+.3f}, {c[1]:+.3f}) px, "
+          f"median |r| {np.median(np.linalg.norm(b, axis=1)):.3f} px -> "
+          f"{np.median(np.linalg.norm(rest, axis=1)):.3f} px without it")
+
+
+if __name__ == "__main__":
+    main()
