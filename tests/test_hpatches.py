@@ -16,6 +16,7 @@ import pytest
 from featloc.cli import main
 from featloc.eval.hpatches import (
     HIGH_RES_SEQUENCES,
+    best_keypoints,
     detector_repeatability,
     homography_accuracy,
     list_pairs,
@@ -27,6 +28,7 @@ from featloc.eval.hpatches import (
 )
 from featloc.io.images import read_image, write_image
 from featloc.synth.hpatches import make_hpatches, read_manifest, split_sources
+from featloc.types import Features
 
 REPO = Path(__file__).parents[1]
 SHARED_DATA = REPO / ".." / "shared" / "data"
@@ -189,6 +191,13 @@ def test_detector_repeatability_by_hand():
     assert (rep, err) == (1.0, pytest.approx(1.0))
 
 
+def test_best_keypoints_keeps_the_top_k_by_score():
+    f = Features(keypoints=[[0, 0], [1, 1], [2, 2], [3, 3]], keypoint_scores=[0.1, 0.9, 0.5, 0.9],
+                 descriptors=np.zeros((4, 2)), image_size=(10, 10))
+    np.testing.assert_array_equal(best_keypoints(f, 3), [[1, 1], [3, 3], [2, 2]])  # ties: order
+    assert best_keypoints(f, 0) is f.keypoints and best_keypoints(f, 9) is f.keypoints
+
+
 def _record(seq, k, precision, h_error, n_matches=4):
     return {"sequence": seq, "split": seq[0], "k": k, "name0": f"{seq}/1.ppm",
             "name1": f"{seq}/{k}.ppm", "num_keypoints0": 10, "num_keypoints1": 20 + k,
@@ -276,6 +285,13 @@ def test_benchmark_rerun_recomputes_nothing(benchmark_run, hpatches_dir):
     third = run_homography_benchmark(hpatches_dir, out, "sift", "nn", ransac={"threshold_px": 2.0})
     assert third["work"] == {"extracted": 0, "matched": 0, "evaluated": 10, "failed": 0}
     assert third["mma"] == first["mma"]
+    # SuperPoint's fixed keypoint budget: only the detector metrics change, on fewer points
+    top = run_homography_benchmark(hpatches_dir, out, "sift", "nn", detector_top_k=50)
+    assert top["work"] == {"extracted": 0, "matched": 0, "evaluated": 10, "failed": 0}
+    assert top["mma"] == first["mma"] and top["num_matches"] == first["num_matches"]
+    assert top["detector_top_k"] == 50 and first["detector_top_k"] is None
+    assert top["repeatability"]["all"] != first["repeatability"]["all"]
+    assert "Rep / LE (top 50)" in summaries_to_markdown([top]).splitlines()[0]
 
 
 def test_markdown_table_compares_runs(benchmark_run):

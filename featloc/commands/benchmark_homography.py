@@ -28,6 +28,10 @@ def add_parser(sub, formatter):
     common.add_ransac_args(p)
     p.add_argument("--keep-high-res", action="store_true",
                    help="keep the 8 high-resolution HPatches sequences that D2-Net excludes")
+    p.add_argument("--detector-top-k", type=int, default=0, metavar="K",
+                   help="detector repeatability and localisation error on each image's K "
+                   "best keypoints by score, as SuperPoint (300 at 240x320, 1000 at 480x640); "
+                   "0: on all keypoints. Matching always uses all of them")
     p.set_defaults(func=run)
 
 
@@ -38,6 +42,7 @@ def run(args) -> int:
         args.data, args.output, args.features, args.matcher,
         extractor_conf=common.extractor_conf(args), matcher_conf=common.matcher_conf(args),
         ransac=common.ransac_conf(args), keep_high_res=args.keep_high_res,
+        detector_top_k=args.detector_top_k,
     )
     sys.stdout.write(summaries_to_markdown([summary]))
     return 1 if summary["missing_pairs"] else 0

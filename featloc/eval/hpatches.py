@@ -13,9 +13,10 @@ Protocol (docs: methods.md 5.1 and 5.2):
 - homography: `estimate_homography` on the matches, mean corner error over the 4 corners of
   image 1 (failure = inf), accuracy (fraction of pairs with error <= t) and AUC at 1/3/5 px;
 - detector (SuperPoint, sec. 7.1): repeatability and localisation error at eps = 3 px over the
-  keypoints each image sees of the other, on all the keypoints the extractor returned (SuperPoint
-  fixes 300 or 1000 per image; repeatability grows with the count). Not for dense matchers, whose
-  keypoints are the matches.
+  keypoints each image sees of the other, on all the keypoints the extractor returned, or on each
+  image's `detector_top_k` best by score (SuperPoint fixes 300 per 240x320 image and 1000 per
+  480x640; repeatability grows with the count and the localisation error too, so detectors are
+  compared at equal k). Not for dense matchers, whose keypoints are the matches.
 
 Features and matches are cached in the output folder by `run_extract`/`run_match`, and the
 per-pair metrics in `results.json` keyed by a digest of everything they depend on, so a
@@ -193,6 +194,15 @@ def detector_repeatability(
     return float(repeatability), (float(repeated.mean()) if len(repeated) else None)
 
 
+def best_keypoints(features, k: int) -> np.ndarray:
+    """The k highest-scoring keypoints of `features` ([k, 2]; all of them when k <= 0 or
+    there are fewer; ties keep extraction order)."""
+    if k <= 0 or len(features.keypoints) <= k:
+        return features.keypoints
+    order = np.argsort(-features.keypoint_scores, kind="stable")[:k]
+    return features.keypoints[order]
+
+
 def evaluate_pair(
     points0: np.ndarray, points1: np.ndarray, H_gt: np.ndarray, image_size0: tuple[int, int],
     ransac: RansacConf | dict | None = None,
@@ -263,6 +273,7 @@ def run_homography_benchmark(
     matcher_conf: dict | None = None,
     ransac: dict | None = None,
     keep_high_res: bool = False,
+    detector_top_k: int = 0,
 ) -> dict:
     """Run the HPatches MMA and homography benchmark; write results into `output_dir`.
 
@@ -275,6 +286,8 @@ def run_homography_benchmark(
             `extractor_conf` are then unused and the summary's features read "dense".
         ransac: `RansacConf` overrides (default: OpenCV USAC-MAGSAC, 3 px, seed 0).
         keep_high_res: keep the 8 high-resolution sequences that D2-Net excludes.
+        detector_top_k: repeatability and localisation error on each image's k best keypoints
+            by score (SuperPoint's protocol); 0: on all of them. Matching always uses all.
     Returns:
         The summary (also written to summary.json); see `summarize` for the metric keys.
     """
@@ -320,7 +333,9 @@ def run_homography_benchmark(
                                 "repeatability": None if dense else 0.0, "loc_error_px": None})
                 continue
             key = digest(mstore.entry_attrs(found[0]).get("digest"), rconf, pair.H.tolist(),
-                         MMA_THRESHOLDS_PX, None if dense else REPEATABILITY_EPS_PX)
+                         MMA_THRESHOLDS_PX,
+                         None if dense else REPEATABILITY_EPS_PX,
+                         *([detector_top_k] if detector_top_k > 0 and not dense else []))
             if key in cached:
                 records.append({**cached[key], **base})
                 continue
@@ -329,8 +344,9 @@ def run_homography_benchmark(
             points0, points1 = matches.matched_points(f0, f1)
             metrics = evaluate_pair(points0, points1, pair.H, f0.image_size, rconf)
             metrics["repeatability"], metrics["loc_error_px"] = (None, None) if dense else \
-                detector_repeatability(f0.keypoints, f1.keypoints, pair.H, f0.image_size,
-                                       f1.image_size)
+                detector_repeatability(best_keypoints(f0, detector_top_k),
+                                       best_keypoints(f1, detector_top_k), pair.H,
+                                       f0.image_size, f1.image_size)
             if not math.isfinite(metrics["H_error_px"]):
                 metrics["H_error_px"] = None  # JSON has no inf: null means failure
             records.append({**base, "digest": key, "num_keypoints0": len(f0),
@@ -347,6 +363,7 @@ def run_homography_benchmark(
         "features": features,
         "matcher": matcher,
         "keep_high_res": keep_high_res,
+        "detector_top_k": None if dense else (detector_top_k or None),
         "mma_thresholds_px": list(MMA_THRESHOLDS_PX),
         "H_thresholds_px": list(H_THRESHOLDS_PX),
         **summarize(records),
@@ -380,7 +397,9 @@ def summaries_to_markdown(summaries: Sequence[dict], labels: Sequence[str] | Non
     per image and #matches per pair."""
     thresholds = list(MMA_THRESHOLDS_PX)
     header = ["features", "matcher"] + [f"MMA@{t} i / v / all" for t in (1, 3, 5, 10)]
-    header += ["H acc @1/3/5px", "H AUC @1/3/5px", "Rep / LE", "#kpts", "#matches"]
+    top_k = {s.get("detector_top_k") for s in summaries} - {None}
+    detector = "Rep / LE" + (f" (top {top_k.pop()})" if len(top_k) == 1 else "")
+    header += ["H acc @1/3/5px", "H AUC @1/3/5px", detector, "#kpts", "#matches"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, s in enumerate(summaries):
         features = labels[i] if labels else s["features"]
