@@ -452,3 +452,36 @@ def test_validate_on_hpatches_folder(tmp_path):
         assert key in out
     assert all(0 <= out[k] <= 1 for k in out if k.startswith(("mma", "h_acc")))
     assert out["keypoints_i"] > 0
+
+
+def test_label_peaks_are_refined_to_subpixel_positions():
+    from featloc.train.labels import LabelConf, refine_peaks, select_keypoints
+
+    # a smooth blob centred off the pixel grid: integer maxima are off by up to half a pixel
+    ys, xs = np.mgrid[0:40, 0:50].astype(np.float64)
+    centres = [(12.3, 9.8), (33.6, 27.45)]
+    response = sum(np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * 1.5 ** 2)) for cx, cy in centres)
+    integer = select_keypoints(response.astype(np.float32), LabelConf(threshold=0.5))
+    refined = select_keypoints(response.astype(np.float32), LabelConf(threshold=0.5, subpixel=True))
+    order = np.argsort(integer[:, 0])
+    truth = np.array(centres)
+    assert np.abs(integer[order, :2] - truth).max() >= 0.3
+    assert np.abs(refined[order, :2] - truth).max() < 0.1
+    np.testing.assert_array_equal(refined[:, 2], integer[:, 2])  # same points, same scores
+    # a flat profile or the image border: no shift
+    flat = np.ones((5, 5))
+    np.testing.assert_array_equal(np.stack(refine_peaks(flat, np.array([0, 2]), np.array([2, 4]))),
+                                  [[0, 2], [2, 4]])
+
+
+def test_label_cache_digest_unchanged_without_subpixel(tmp_path):
+    """Caches made before the `subpixel` option existed stay valid; turning it on makes new ones."""
+    from featloc.train.labels import LabelConf, build_labels
+
+    class Images:
+        digest, keys = "x", []
+
+    plain = build_labels(Images(), LabelConf(), tmp_path).root
+    refined = build_labels(Images(), LabelConf(subpixel=True), tmp_path).root
+    assert plain.name == "labels-91d7bfb4fa19"  # the name the code before the option gave
+    assert refined != plain and '"subpixel": true' in (refined / "settings.json").read_text()

@@ -2,7 +2,10 @@
 
 For each training image: warp it with N random homographies (the identity first), compute a
 teacher detector's response map on every warp, un-warp the maps, average them where they are
-defined, then keep local maxima (NMS radius r) above a threshold, best `top_k` first.
+defined, then keep local maxima (NMS radius r) above a threshold, best `top_k` first, optionally refined
+to sub-pixel positions by a parabola through each maximum and its neighbours, per axis
+(`subpixel`; integer positions put up to half a pixel of fixed error into every label, which
+the student learns: 0.82 px localisation error against 0.59 px refined, scripts/label_localisation.py).
 
 The teacher is a `ResponseDetector`: any callable mapping a gray float32 image in [0, 1] to a
 non-negative response map of the same size. Classical ones (Shi-Tomasi, Harris, DoG) are built
@@ -53,6 +56,7 @@ class LabelConf:
     threshold: float = 0.02  # min aggregated response (each warp is normalised to [0, 1])
     top_k: int = 1000  # keep at most this many labels per image; <= 0: all
     image_border_px: int = 4  # no labels this close to the image border
+    subpixel: bool = False  # refine each maximum by a per-axis parabola (module docstring)
     seed: int = 0  # homography stream of the adaptation
     homography: HomographyConf = field(default_factory=_adaptation_homographies)
 
@@ -136,7 +140,31 @@ def select_keypoints(response: np.ndarray, conf: LabelConf) -> np.ndarray:
     order = np.argsort(-scores, kind="stable")
     if conf.top_k > 0:
         order = order[: conf.top_k]
-    return np.stack([xs[order], ys[order], scores[order]], 1).astype(np.float32)
+    xs, ys, scores = xs[order], ys[order], scores[order]
+    if conf.subpixel:
+        xs, ys = refine_peaks(response, xs, ys)
+    return np.stack([xs, ys, scores], 1).astype(np.float32)
+
+
+def refine_peaks(response: np.ndarray, xs: np.ndarray, ys: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel positions of local maxima at integer (xs, ys): the vertex of the parabola
+    through the maximum and its two neighbours, per axis, clipped to +-0.5 px (no shift on an
+    image border or a flat profile)."""
+    h, w = response.shape
+
+    def offset(before, centre, after):
+        curvature = before - 2 * centre + after
+        safe = np.where(curvature < 0, curvature, -1.0)
+        return np.where(curvature < 0, np.clip(0.5 * (before - after) / safe, -0.5, 0.5), 0.0)
+
+    xc, yc = np.clip(xs, 1, w - 2), np.clip(ys, 1, h - 2)
+    centre = response[ys, xs].astype(np.float64)
+    dx = offset(response[ys, xc - 1], centre, response[ys, xc + 1])
+    dy = offset(response[yc - 1, xs], centre, response[yc + 1, xs])
+    dx = np.where((xs >= 1) & (xs <= w - 2), dx, 0.0)
+    dy = np.where((ys >= 1) & (ys <= h - 2), dy, 0.0)
+    return xs + dx, ys + dy
 
 
 def label_image(image: np.ndarray, conf: LabelConf, seed_key: int = 0,
@@ -163,6 +191,8 @@ class LabelStore:
 def build_labels(images: ImageCache, conf: LabelConf, cache_dir: str | Path) -> LabelStore:
     """Compute (or reuse) the labels of every cached image; resumable."""
     settings = dataclasses.asdict(conf)
+    if not conf.subpixel:  # the digest of label caches made before the option existed
+        settings.pop("subpixel")
     root = Path(cache_dir) / f"labels-{digest({'images': images.digest, 'conf': settings})}"
     root.mkdir(parents=True, exist_ok=True)
     (root / "settings.json").write_text(json.dumps(settings, indent=1))
