@@ -4,8 +4,8 @@ For each training image: warp it with N random homographies (the identity first)
 teacher detector's response map on every warp, un-warp the maps, average them where they are
 defined, then keep local maxima (NMS radius r) above a threshold, best `top_k` first, optionally refined
 to sub-pixel positions by a parabola through each maximum and its neighbours, per axis
-(`subpixel`; integer positions put up to half a pixel of fixed error into every label, which
-the student learns: 0.82 px localisation error against 0.59 px refined, scripts/label_localisation.py).
+(`subpixel`; integer positions put up to half a pixel of fixed error into every label: 0.82 px
+localisation error against 0.59 px refined on held-out pairs, scripts/label_localisation.py).
 
 The teacher is a `ResponseDetector`: any callable mapping a gray float32 image in [0, 1] to a
 non-negative response map of the same size. Classical ones (Shi-Tomasi, Harris, DoG) are built
