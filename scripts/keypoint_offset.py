@@ -34,10 +34,16 @@ def main() -> None:
     args = parser.parse_args()
     extractor = featloc.load_extractor(args.features, max_num_keypoints=2048)
     matcher = featloc.load_matcher("nn")
+    features = {}
+
+    def extract(name):  # image 1 of a sequence is in every pair: extract it once
+        if name not in features:
+            features[name] = extractor.extract(read_image(f"{args.data}/{name}"))
+        return features[name]
+
     A, b = [], []
     for pair in [p for p in list_pairs(args.data) if p.split == "v"][: args.pairs]:
-        f0 = extractor.extract(read_image(f"{args.data}/{pair.name0}"))
-        f1 = extractor.extract(read_image(f"{args.data}/{pair.name1}"))
+        f0, f1 = extract(pair.name0), extract(pair.name1)
         idx = matcher.match(f0, f1).indices()
         x0 = f0.keypoints[idx[:, 0]].astype(np.float64)
         r = f1.keypoints[idx[:, 1]] - warp_points(x0, pair.H)

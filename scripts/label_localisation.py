@@ -33,16 +33,20 @@ def main() -> None:
     args = parser.parse_args()
     with open(args.config, encoding="utf-8") as f:
         labels = yaml.safe_load(f)["data"]["labels"]
-    labels = {**labels, "top_k": args.top_k, "subpixel": args.subpixel or labels.get("subpixel", False)}
-    conf = LabelConf(**{**labels, **({"detector": args.detector} if args.detector else {})})
+    labels["top_k"] = args.top_k
+    labels["subpixel"] = args.subpixel or labels.get("subpixel", False)
+    labels["detector"] = args.detector or labels["detector"]
+    conf = LabelConf(**labels)
     detector = build_detector(conf)
-    cache: dict[str, np.ndarray] = {}
+    cache: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
 
     def keypoints(name: str) -> tuple[np.ndarray, tuple[int, int]]:
-        image = read_image(f"{args.data}/{name}")
+        # image 1 of a sequence is in every pair: label it once
         if name not in cache:
-            cache[name] = label_image(image, conf, zlib.crc32(name.encode()), detector)[:, :2]
-        return cache[name], (image.shape[1], image.shape[0])
+            image = read_image(f"{args.data}/{name}")
+            points = label_image(image, conf, zlib.crc32(name.encode()), detector)[:, :2]
+            cache[name] = points, (image.shape[1], image.shape[0])
+        return cache[name]
 
     reps, errors = [], []
     for pair in [p for p in list_pairs(args.data) if p.split == "v"][: args.pairs]:

@@ -2,8 +2,9 @@
 
 For each training image: warp it with N random homographies (the identity first), compute a
 teacher detector's response map on every warp, un-warp the maps, average them where they are
-defined, then keep local maxima (NMS radius r) above a threshold, best `top_k` first, optionally refined
-to sub-pixel positions by a parabola through each maximum and its neighbours, per axis
+defined, then keep local maxima (NMS radius r) above a threshold, best `top_k` first,
+optionally refined to sub-pixel positions by a parabola through each maximum and its
+neighbours, per axis
 (`subpixel`; integer positions put up to half a pixel of fixed error into every label: 0.82 px
 localisation error against 0.59 px refined on held-out pairs, scripts/label_localisation.py).
 
@@ -158,13 +159,11 @@ def refine_peaks(response: np.ndarray, xs: np.ndarray, ys: np.ndarray
         safe = np.where(curvature < 0, curvature, -1.0)
         return np.where(curvature < 0, np.clip(0.5 * (before - after) / safe, -0.5, 0.5), 0.0)
 
-    xc, yc = np.clip(xs, 1, w - 2), np.clip(ys, 1, h - 2)
+    xc, yc = np.clip(xs, 1, w - 2), np.clip(ys, 1, h - 2)  # border peaks: no shift below
     centre = response[ys, xs].astype(np.float64)
     dx = offset(response[ys, xc - 1], centre, response[ys, xc + 1])
     dy = offset(response[yc - 1, xs], centre, response[yc + 1, xs])
-    dx = np.where((xs >= 1) & (xs <= w - 2), dx, 0.0)
-    dy = np.where((ys >= 1) & (ys <= h - 2), dy, 0.0)
-    return xs + dx, ys + dy
+    return xs + np.where(xc == xs, dx, 0.0), ys + np.where(yc == ys, dy, 0.0)
 
 
 def label_image(image: np.ndarray, conf: LabelConf, seed_key: int = 0,
