@@ -143,3 +143,45 @@ def test_losses_run_in_float32_under_bf16_autocast():
     assert loss.dtype == torch.float32
     loss.backward()
     assert logits.grad is not None
+
+
+def _peaks(centres, size=32, sigma=0.5):
+    """[size, size] logits: the max of sharp quadratic bumps at sub-pixel (x, y) centres."""
+    y, x = torch.meshgrid(torch.arange(size).float(),
+                          torch.arange(size).float(), indexing="ij")
+    bumps = [-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma ** 2) for cx, cy in centres]
+    return torch.stack(bumps).max(0).values
+
+
+def _reprojection_case(shift1):
+    """One pair related by a translation; view 1's peaks are where H puts them, + shift1."""
+    t = torch.tensor([3.3, -2.4])
+    H = torch.eye(3)
+    H[:2, 2] = t
+    centres0 = [(8.2, 9.9), (20.7, 14.4), (12.0, 21.3)]
+    centres1 = [(x + t[0] + shift1[0], y + t[1] + shift1[1]) for x, y in centres0]
+    logits = torch.stack([_peaks(centres0), _peaks(centres1)])[:, None].requires_grad_()
+    heat = torch.zeros(1, 32, 32)
+    for x, y in centres0:
+        heat[0, round(y), round(x)] = 1
+    ones = torch.ones(1, 32, 32)
+    return logits, heat, ones, H[None]
+
+
+def test_reprojection_is_the_subpixel_disagreement_between_views():
+    logits, heat, ones, H = _reprojection_case((0.0, 0.0))
+    consistent = L.reprojection(logits, heat, ones, ones, H)
+    assert consistent.item() < 0.05  # discretisation of the soft-argmax
+    logits, heat, ones, H = _reprojection_case((0.4, 0.0))
+    shifted = L.reprojection(logits, heat, ones, ones, H)
+    assert shifted.item() == pytest.approx(0.4, abs=0.05)
+    shifted.backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_reprojection_skips_posed_pairs_and_invalid_pixels():
+    logits, heat, ones, H = _reprojection_case((0.4, 0.0))
+    nan_h = torch.full_like(H, float("nan"))
+    skipped = L.reprojection(logits, heat, ones, ones, nan_h)
+    assert skipped.item() == 0 and skipped.requires_grad
+    assert L.reprojection(logits, heat, ones, torch.zeros_like(ones), H).item() == 0

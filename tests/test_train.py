@@ -485,3 +485,19 @@ def test_label_cache_digest_unchanged_without_subpixel(tmp_path):
     refined = build_labels(Images(), LabelConf(subpixel=True), tmp_path).root
     assert plain.name == "labels-91d7bfb4fa19"  # the name the code before the option gave
     assert refined != plain and '"subpixel": true' in (refined / "settings.json").read_text()
+
+
+def test_reprojection_term_is_optional_and_logged(image_dir, tmp_path):
+    from torch.utils.data import default_collate
+
+    base = _overrides(image_dir, tmp_path)
+    batch = None
+    for weight in (0.0, 1.0):
+        conf = load_config(SMOKE, [*base, f"losses.reprojection={weight}"])
+        if batch is None:
+            dataset = samfeat_task.build_datasets(conf)["train"]
+            batch = default_collate([dataset[(0, i)] for i in range(2)])
+        torch.manual_seed(0)
+        loss, metrics = samfeat_task.compute_loss(StandInSAMFeat(), batch, conf)
+        assert ("loss_rep" in metrics) == (weight > 0)
+    assert torch.isfinite(loss) and metrics["loss_rep"] > 0

@@ -13,6 +13,12 @@ SAMFeat terms:
 - `wsc`: weakly supervised contrastive loss on semantic groups (1.11.4), paper form by default,
   official-code form behind `form="official"`.
 - `edge_mse`: MSE between the edge head and the teacher's edge map (1.11.5).
+
+Beyond the paper:
+- `reprojection`: distance between the sub-pixel keypoint of view 0, mapped by H, and that of
+  view 1, both refined as at inference (soft-argmax of the logits around each label). The BCE
+  puts one positive at a label rounded in each view, so nothing trains the sub-pixel position
+  or its covariance under a warp; this term does (in the spirit of ALIKE's reprojection loss).
 """
 
 from __future__ import annotations
@@ -198,3 +204,53 @@ def edge_mse(edge: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
     if not keep.any():
         return _zero(edge)
     return F.mse_loss(edge[keep], target[keep])
+
+
+def _warp(points: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """[N, 2] (x, y) mapped by the 3x3 homography H (pixel centres at integers)."""
+    q = torch.cat([points, torch.ones_like(points[:, :1])], 1) @ H.T
+    return q[:, :2] / q[:, 2:].clamp(min=1e-8)
+
+
+@float32
+def reprojection(logits: torch.Tensor, heatmap0: torch.Tensor, valid_mask0: torch.Tensor,
+                 valid_mask1: torch.Tensor, H_0to1: torch.Tensor, radius: int = 2,
+                 temperature: float = 1.0, max_points: int = 256) -> torch.Tensor:
+    """Mean reprojection distance (px) between sub-pixel keypoints of two views.
+
+    logits [2B, 1, H, W] (view-0 images first); heatmap0, valid_mask0/1 [B, H, W]; H_0to1
+    [B, 3, 3] (NaN for posed pairs, which are skipped). For up to `max_points` labels c0 of
+    view 0 (random, torch RNG) with c1 = round(H c0): q0 = refine(logits0, c0), q1 =
+    refine(logits1, c1) with the inference soft-argmax (`refine_subpixel`), and the distance
+    |H q0 - q1|. Windows must lie inside both views and on valid pixels.
+    """
+    from ..models.samfeat import refine_subpixel
+
+    logits = logits.reshape(len(logits), *heatmap0.shape[-2:])
+    B, h, w = heatmap0.shape
+    distances = []
+    for b in range(B):
+        H = H_0to1[b]
+        if not torch.isfinite(H).all():
+            continue
+        yx = torch.nonzero(heatmap0[b] > 0.5)
+        if len(yx) > max_points:
+            yx = yx[torch.randperm(len(yx), device=yx.device)[:max_points]]
+        c0 = yx.flip(-1).float()
+        c1 = torch.round(_warp(c0, H))
+        inside = ((c0 >= radius) & (c0 <= torch.tensor([w - 1 - radius, h - 1 - radius],
+                                                        device=c0.device))).all(1)
+        inside &= ((c1 >= radius) & (c1 <= torch.tensor([w - 1 - radius, h - 1 - radius],
+                                                         device=c1.device))).all(1)
+        c0, c1 = c0[inside], c1[inside]
+        c1i = c1.long()
+        keep = valid_mask1[b][c1i[:, 1], c1i[:, 0]] > 0.5
+        keep &= valid_mask0[b][c0[:, 1].long(), c0[:, 0].long()] > 0.5
+        if not keep.any():
+            continue
+        q0 = refine_subpixel(logits[b], c0[keep], radius, temperature)
+        q1 = refine_subpixel(logits[B + b], c1[keep], radius, temperature)
+        distances.append(torch.sqrt(((_warp(q0, H) - q1) ** 2).sum(1) + 1e-8))
+    if not distances:
+        return _zero(logits)
+    return torch.cat(distances).mean()

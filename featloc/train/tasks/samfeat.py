@@ -1,12 +1,13 @@
 """SAMFeat training task: the SAMFeat networks, homographic pairs (and optionally posed pairs
 with depth and pose, `data.posed_scenes`) with pseudo-labels and teacher targets, and the five
-SAMFeat losses (methods section 1). No loss term reads H_0to1, so posed items (H_0to1 = NaN)
-train every term.
+SAMFeat losses (methods section 1). No SAMFeat term reads H_0to1, so posed items (H_0to1 = NaN)
+train every one of them.
 
 A batch of B pairs runs as one forward pass over 2B images (all view-0 images first). Loss terms
 (each weighted from `losses`; weight 0 skips the term entirely): det (weighted BCE), des (MTLDesc
 triplet), dis (relation distillation, on the teacher embedding or else on the group relation),
-wsc (semantic-group contrastive), edge (MSE). Every term is logged.
+wsc (semantic-group contrastive), edge (MSE), and beyond the paper rep (sub-pixel reprojection
+of the detector, off by default; it reads H_0to1 and skips posed items). Every term is logged.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ class LossConf:
     # relations over a random subset of this many student pixels (the same for the whole
     # batch): an unbiased, cheaper estimate of the mean |R_S - R_T|; 0: all pixels (exact)
     distill_pixels: int = 0
+    # beyond the paper (0: off): weight of the sub-pixel reprojection term (losses.reprojection)
+    # and its soft-argmax window radius (as the extractor's subpixel_radius) and point budget
+    reprojection: float = 0.0
+    reprojection_radius: int = 2
+    reprojection_points: int = 256
 
     def __post_init__(self):
         if self.wsc_form not in ("paper", "official"):
@@ -116,6 +122,10 @@ def compute_loss(model, batch: dict, conf) -> tuple[torch.Tensor, dict[str, floa
     if w.detector > 0:
         terms["det"] = (w.detector, L.detector_bce(pred["logits"], _cat(batch, "heatmap"),
                                                    _cat(batch, "valid_mask"), w.pos_weight))
+    if w.reprojection > 0:
+        terms["rep"] = (w.reprojection, L.reprojection(
+            pred["logits"], batch["heatmap0"], batch["valid_mask0"], batch["valid_mask1"],
+            batch["H_0to1"], w.reprojection_radius, 1.0, w.reprojection_points))
     if w.descriptor > 0 or w.wsc > 0:
         sample = _net_api()[1]
         desc_map, weight_map = pred["desc_map"].float(), pred["weight_map"].float()
