@@ -548,3 +548,33 @@ def test_onnx_backend_caches_the_export(lite_net, tmp_path):
     ex = build("extractor", "samfeat-lite", **conf)
     assert cached[0].stat().st_mtime_ns == mtime  # reused, not exported again
     assert len(ex.extract(_texture(48, 64))) >= 0
+
+
+def test_lite_full_resolution_branch_starts_as_the_network_without_it(lite_net, tmp_path):
+    torch.manual_seed(1)
+    fine = build_samfeat_net(SAMFeatNetConf(arch="lite", lite_fine_channels=8)).eval()
+    result = fine.load_state_dict(lite_net.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    assert set(result.missing_keys) >= {"heatmap1.weight", "fine.0.0.weight"}
+    x = torch.rand(1, 3, 48, 64) * 2 - 1
+    with torch.inference_mode():
+        plain, branch = lite_net(x), fine(x)
+    _check_shapes(branch, 1, 48, 64)
+    for key in OUTPUT_KEYS:  # zero-initialised head: a trained network gains it unchanged
+        torch.testing.assert_close(plain[key], branch[key])
+    with torch.no_grad():
+        fine.heatmap1.weight.normal_()
+    with torch.inference_mode():
+        changed = fine(x)
+    assert not torch.allclose(changed["logits"], plain["logits"])
+    torch.testing.assert_close(changed["desc_map"], plain["desc_map"])
+    # the option travels with the weights file and the ONNX backend agrees
+    path = save_samfeat_net(fine, tmp_path / "fine.pt")
+    loaded = build("extractor", "samfeat-lite", weights=str(path), detection_threshold=0.01,
+                   max_num_keypoints=100, precision="float32")
+    assert loaded.net.conf.lite_fine_channels == 8
+    image = _texture(64, 96, 3)
+    a = loaded.extract(image)
+    assert len(a) > 20
+    _agree(a, _extractor(fine, backend="onnx", detection_threshold=0.01,
+                         max_num_keypoints=100, onnx_cache_dir=str(tmp_path)).extract(image))

@@ -501,3 +501,51 @@ def test_reprojection_term_is_optional_and_logged(image_dir, tmp_path):
         loss, metrics = samfeat_task.compute_loss(StandInSAMFeat(), batch, conf)
         assert ("loss_rep" in metrics) == (weight > 0)
     assert torch.isfinite(loss) and metrics["loss_rep"] > 0
+
+
+def test_label_heatmap_nearest_and_bilinear():
+    from featloc.train.data.pairs import label_heatmap
+
+    points = np.array([[3.25, 4.5], [0.0, 0.0], [np.nan, 1.0], [9.6, 2.0]])
+    nearest = label_heatmap(points, 8, "nearest")
+    assert nearest[4, 3] == 1 and nearest[0, 0] == 1 and nearest.sum() == 2  # 9.6 is off the map
+    bilinear = label_heatmap(points, 8, "bilinear")
+    np.testing.assert_allclose(bilinear[4:6, 3:5], [[0.375, 0.125], [0.375, 0.125]])
+    assert bilinear[0, 0] == 1 and bilinear.sum() == pytest.approx(2.0)
+    # the weighted mean of the target is the label's sub-pixel position
+    ys, xs = np.mgrid[3:7, 2:6]
+    patch = bilinear[3:7, 2:6]
+    assert (patch * xs).sum() / patch.sum() == pytest.approx(3.25)
+    assert (patch * ys).sum() / patch.sum() == pytest.approx(4.5)
+    # labels that share a pixel are capped at 1; a point just outside keeps its inside weight
+    assert label_heatmap(np.array([[2.0, 2.0], [2.0, 2.0]]), 4, "bilinear")[2, 2] == 1
+    edge = label_heatmap(np.array([[-0.5, 1.0]]), 4, "bilinear")
+    assert edge[1, 0] == pytest.approx(0.5) and edge.sum() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="data.heatmap"):
+        load_config(SMOKE, ["data.heatmap=gaussian"])
+
+
+def test_freeze_except_trains_the_detector_alone():
+    from featloc.models.samfeat import SAMFeatNetConf, build_samfeat_net
+    from featloc.train.optim import OptimConf, build_optimizer
+
+    torch.manual_seed(0)
+    net = build_samfeat_net(SAMFeatNetConf(arch="lite", lite_fine_channels=4))
+    samfeat_task.freeze_except(net, ["heatmap", "alphas", "fine"])
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    optimizer = build_optimizer(net, OptimConf(lr=1e-2))
+    net.train()
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    out = net(x)
+    (out["logits"].mean() + out["desc_map"].mean()).backward()
+    optimizer.step()
+    after = net.state_dict()
+    changed = {k for k in after if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("heatmap", "alphas", "fine")) for k in changed)
+    assert "fine.0.1.running_mean" in changed  # the new branch's BatchNorm still learns
+    assert "block2.0.1.running_mean" not in changed  # frozen BatchNorm: statistics kept
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x)["desc_map"], out["desc_map"].detach())
+    with pytest.raises(ValueError, match="model.trainable"):
+        samfeat_task.freeze_except(net, ["no_such_layer"])

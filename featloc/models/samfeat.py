@@ -75,6 +75,10 @@ class SAMFeatNetConf:
     lite_attention_stride: int = 16  # lite spatial EAG: queries at 1/stride of the image
     lite_attention_kv_stride: int = 32  # lite spatial EAG: keys/values at 1/stride
     lite_attention_heads: int = 2  # lite spatial EAG heads (64 dims each: fast on CPU)
+    # lite: > 0 adds a full-resolution detection branch of this width (two conv blocks on
+    # the image and a 3x3 conv whose logits are added to s1; zero-initialised, so a trained
+    # network gains it without changing); 0: none (the shipped network)
+    lite_fine_channels: int = 0
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -320,7 +324,10 @@ class SAMFeatLite(_Heads):
     - F_D and its fusion are 1x1 convs; F is a sum of 1x1 projections of C2..C5 at 1/4
       (top-down, FPN style; the linear equivalent of the published concat + conv);
     - the spatial EAG attends from 1/16-resolution queries to 1/32 keys/values (2 heads);
-    - the descriptor head is 1x1.
+    - the descriptor head is 1x1;
+    - optional (`lite_fine_channels` > 0): a full-resolution detection branch, two narrow conv
+      blocks on the image and a 3x3 conv, whose logits are added to s1 (sub-pixel accuracy
+      needs full-resolution evidence that C2 at 1/2 may lack).
     """
 
     def __init__(self, conf: SAMFeatNetConf | None = None):
@@ -348,9 +355,15 @@ class SAMFeatLite(_Heads):
             fused=False,
         )
         self._init_heads(conf, c3, c4, dim, 1, attention)
+        k = conf.lite_fine_channels
+        self.fine = nn.Sequential(ConvBlock(3, k), ConvBlock(k, k)) if k > 0 else None
+        self.heatmap1 = nn.Conv2d(k, 1, 3, padding=1) if k > 0 else None
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if self.heatmap1 is not None:
+            nn.init.zeros_(self.heatmap1.weight)
+            nn.init.zeros_(self.heatmap1.bias)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """image [B, 3, H, W] in [-1, 1] -> dict of the module docstring."""
@@ -366,11 +379,15 @@ class SAMFeatLite(_Heads):
         # (in place on the fresh upsampled map: saves two full-size allocations)
         feature = _resize(top, c3).add_(self.project3(c3))
         feature = feature.add_(self.project2(F.avg_pool2d(c2, 2)))
-        return self._heads(None, c2, c3, c4, feature, distill)
+        c1 = self.fine(image) if self.fine is not None else None
+        return self._heads(c1, c2, c3, c4, feature, distill)
 
     def _fine_scores(self, c1, c2):
         scores = self.heatmap12(c2)
-        return F.pixel_shuffle(scores[:, :4], 2), scores[:, 4:]
+        s1 = F.pixel_shuffle(scores[:, :4], 2)
+        if c1 is not None:
+            s1 = s1 + self.heatmap1(c1)
+        return s1, scores[:, 4:]
 
 
 def fuse_batchnorm(net: nn.Module) -> nn.Module:

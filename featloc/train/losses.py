@@ -220,7 +220,7 @@ def reprojection(logits: torch.Tensor, heatmap0: torch.Tensor, valid_mask0: torc
 
     logits [2B, 1, H, W] (view-0 images first); heatmap0, valid_mask0/1 [B, H, W]; H_0to1
     [B, 3, 3] (NaN for posed pairs, which are skipped). For up to `max_points` labels c0 of
-    view 0 (random, torch RNG) with c1 = round(H c0): q0 = refine(logits0, c0), q1 =
+    view 0 (heatmap pixels >= 1/4) (random, torch RNG) with c1 = round(H c0): q0 = refine(logits0, c0), q1 =
     refine(logits1, c1) with the inference soft-argmax (`refine_subpixel`), and the distance
     |H q0 - q1|. Windows must lie inside both views and on valid pixels.
     """
@@ -233,7 +233,7 @@ def reprojection(logits: torch.Tensor, heatmap0: torch.Tensor, valid_mask0: torc
         H = H_0to1[b]
         if not torch.isfinite(H).all():
             continue
-        yx = torch.nonzero(heatmap0[b] > 0.5)
+        yx = torch.nonzero(heatmap0[b] >= 0.25)  # bilinear targets: the dominant neighbours
         if len(yx) > max_points:
             yx = yx[torch.randperm(len(yx), device=yx.device)[:max_points]]
         c0 = yx.flip(-1).float()

@@ -63,10 +63,17 @@ def train(config_path: str | Path | None, overrides: list[str] | None = None,
     elif conf.train.init_from:
         state, path = checkpoint.load_model_state(conf.train.init_from, device)
         try:
-            model.load_state_dict(state)
+            # parts the checkpoint lacks (a head added for this run) keep their fresh
+            # initialisation; anything else that does not fit is an error
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if unexpected:
+                raise RuntimeError(f"unexpected keys {unexpected}")
         except RuntimeError as exc:
             raise ValueError(f"train.init_from: {path} does not fit this model (is model.* the "
                              f"same as in its run?): {exc}") from exc
+        if missing:
+            logger.warning("train.init_from: %d parameters not in %s keep their initialisation: "
+                           "%s", len(missing), path, ", ".join(missing))
         logger.info("initialised the model from %s", path)
     if export_only:
         return _export(task, model, conf, out, ckpt["step"], ckpt.get("commit", "unknown"))

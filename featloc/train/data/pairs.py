@@ -30,7 +30,7 @@ Item keys, the same for both kinds (tensors; S = image_size, N = grid^2):
         valid [N] float32: the correspondence exists and lies inside view 1
     not_search [N, N] bool: NS_ij = |p1_i - p1_j| <= not_search_px or j invalid (includes i = j)
     heatmap0/1 [S, S] float32: 1 at the rounded pseudo-keypoints (homographic adaptation labels
-        of the source image, warped);  valid_mask0/1 [S, S] float32: the view pixel has a
+        of the source image, warped; `heatmap: bilinear` spreads each over 4 pixels);  valid_mask0/1 [S, S] float32: the view pixel has a
         source pixel
     teacher targets, warped with each view's map M0 / M1 from its source image (zero flags
     when the teacher gives none):
@@ -79,6 +79,10 @@ class PairsConf:
     homography: HomographyConf = field(default_factory=HomographyConf)
     photometric: PhotometricConf = field(default_factory=PhotometricConf)
     labels: LabelConf = field(default_factory=LabelConf)
+    # detector target of a label warped into a view: "nearest" (SAMFeat: 1 at the rounded
+    # pixel) or "bilinear" (its 4 neighbours get bilinear weights, so the target keeps the
+    # label's sub-pixel position; overlapping labels are capped at 1)
+    heatmap: str = "nearest"
     teacher: dict[str, Any] | None = None  # conf for featloc.teachers.build_teacher; None: none
     # posed pairs: scene folders (images/, depth/*.npy, pairs_gt.txt; featloc.train.data.posed)
     posed_scenes: list[str] = field(default_factory=list)
@@ -94,6 +98,8 @@ class PairsConf:
             raise ValueError("data.repeat and data.posed_repeat must be >= 0")
         if self.posed_depth_tol <= 0:
             raise ValueError("data.posed_depth_tol must be > 0")
+        if self.heatmap not in ("nearest", "bilinear"):
+            raise ValueError(f"data.heatmap must be nearest or bilinear, got {self.heatmap!r}")
 
 
 def _warp(src: np.ndarray, M: np.ndarray, size: int, interp: int, border=0) -> np.ndarray:
@@ -108,6 +114,31 @@ def grid_points(size: int, grid: int, rng: np.random.Generator) -> np.ndarray:
     xs = rng.integers(np.tile(lo, grid), np.tile(hi, grid))
     ys = rng.integers(np.repeat(lo, grid), np.repeat(hi, grid))
     return np.stack([xs, ys], 1).astype(np.float32)
+
+
+def label_heatmap(points: np.ndarray, size: int, mode: str = "nearest") -> np.ndarray:
+    """[size, size] detector target of (x, y) label points (pixel centres at integers).
+
+    nearest: 1 at each point's rounded pixel. bilinear: the point's 4 neighbouring pixels get
+    its bilinear weights (summing to 1), capped at 1 where labels overlap. Points off the map
+    (or NaN) are dropped; a bilinear point keeps the weights of its neighbours that are on it.
+    """
+    heat = np.zeros((size, size), np.float32)
+    points = points[np.isfinite(points).all(1)]
+    if mode == "nearest":
+        kp = np.round(points)
+        kp = kp[np.all((kp >= 0) & (kp <= size - 1), 1)].astype(np.int64)
+        heat[kp[:, 1], kp[:, 0]] = 1.0
+        return heat
+    points = points[np.all((points > -1) & (points < size), 1)]
+    base = np.floor(points).astype(np.int64)
+    frac = (points - base).astype(np.float32)
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        x, y = base[:, 0] + dx, base[:, 1] + dy
+        weight = (frac[:, 0] if dx else 1 - frac[:, 0]) * (frac[:, 1] if dy else 1 - frac[:, 1])
+        on = (x >= 0) & (x < size) & (y >= 0) & (y < size)
+        np.add.at(heat, (y[on], x[on]), weight[on])
+    return np.minimum(heat, 1.0)
 
 
 def not_search_matrix(points1: np.ndarray, valid: np.ndarray, radius: float) -> np.ndarray:
@@ -237,11 +268,7 @@ class TrainingPairs(Dataset):
         out[f"valid_mask{v}"] = torch.from_numpy(mask.astype(np.float32))
         heat = np.zeros((S, S), np.float32)
         if label_points is not None and len(label_points):
-            kp = np.round(warp_points(label_points, M))
-            ok = np.isfinite(kp).all(1) & np.all((kp >= 0) & (kp <= S - 1), 1)
-            kp = kp[ok].astype(np.int64)
-            heat[kp[:, 1], kp[:, 0]] = 1.0
-            heat *= mask
+            heat = label_heatmap(warp_points(label_points, M), S, self.conf.heatmap) * mask
         out[f"heatmap{v}"] = torch.from_numpy(heat)
         out.update(self._teacher_view(targets, M, points, v, (h, w)))
         return out

@@ -39,6 +39,10 @@ DataConf = PairsConf
 class ModelConf:
     arch: str = "lite"  # vgg (the official SAMFeat network) | lite
     options: dict[str, Any] = field(default_factory=dict)  # other SAMFeatNetConf fields
+    # names (prefixes) of the parameters to train, e.g. [heatmap, alphas, fine] for the
+    # detector alone: the rest is frozen, BatchNorm statistics included, so a fine-tune of
+    # the detector leaves the descriptors bit for bit unchanged; []: train everything
+    trainable: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,30 @@ def _net_api():
 
 
 def build_model(conf) -> torch.nn.Module:
-    return _net_api()[0](conf.model)
+    net = _net_api()[0](conf.model)
+    if conf.model.trainable:
+        freeze_except(net, list(conf.model.trainable))
+    return net
+
+
+def _keep_eval(module: torch.nn.Module, _inputs) -> None:
+    module.eval()
+
+
+def freeze_except(net: torch.nn.Module, trainable: list[str]) -> None:
+    """Train only the parameters whose names start with one of `trainable`. Frozen BatchNorm
+    layers keep their running statistics and normalise with them (a forward pre-hook puts
+    them in eval mode, whatever `net.train()` says)."""
+    names = [name for name, _ in net.named_parameters()]
+    unknown = [t for t in trainable if not any(n.startswith(t) for n in names)]
+    if unknown:
+        raise ValueError(f"model.trainable: no parameter starts with {unknown}")
+    for name, param in net.named_parameters():
+        param.requires_grad_(any(name.startswith(t) for t in trainable))
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in module.parameters()):
+            module.register_forward_pre_hook(_keep_eval)
 
 
 def build_datasets(conf) -> dict:
