@@ -5,6 +5,7 @@ Networks are random-init (no trained weights are needed); images are small.
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -578,3 +579,19 @@ def test_lite_full_resolution_branch_starts_as_the_network_without_it(lite_net, 
     assert len(a) > 20
     _agree(a, _extractor(fine, backend="onnx", detection_threshold=0.01,
                          max_num_keypoints=100, onnx_cache_dir=str(tmp_path)).extract(image))
+
+
+def test_speed_benchmark_times_a_weights_file_beside_sift(tmp_path):
+    from featloc.cli import main
+
+    torch.manual_seed(0)
+    net = build_samfeat_net(SAMFeatNetConf(arch="lite", lite_fine_channels=4)).eval()
+    path = save_samfeat_net(net, tmp_path / "fine.pt")
+    code = main(["--quiet", "benchmark", "speed", "--features", "samfeat-lite", "--size", "128x96",
+                 "--repeats", "1", "--extractor-conf", f"weights={path}", "precision=float32",
+                 "--output", str(tmp_path / "out")])
+    assert code == 0
+    result = json.loads((tmp_path / "out" / "speed.json").read_text())
+    assert set(result["results"]) == {"sift", "samfeat-lite"}
+    assert result["extractor_conf"]["weights"] == str(path)
+    assert f"weights={path}" in (tmp_path / "out" / "speed.md").read_text()

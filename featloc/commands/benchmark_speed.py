@@ -18,6 +18,9 @@ def add_parser(sub, formatter):
     )
     p.add_argument("--features", nargs="+", default=["sift"], help="extractors to time")
     p.add_argument("--baseline", default="sift", help="baseline extractor timed in the same run")
+    p.add_argument("--extractor-conf", nargs="*", metavar="KEY=VALUE", default=[],
+                   help="options of the --features extractors (not the baseline), e.g. "
+                   "weights=PATH to time a trained model of another shape")
     common.add_matcher_args(p)
     p.add_argument("--size", default="640x480", help="WxH of the generated pair")
     p.add_argument("--images", nargs=2, type=Path, metavar=("IMG0", "IMG1"),
@@ -77,6 +80,7 @@ def run(args) -> int:
     result = run_speed_benchmark(
         args.features, args.matcher, args.baseline, width, height, args.repeats,
         args.max_keypoints, common.ransac_conf(args), args.output, images,
+        common.parse_kv(args.extractor_conf),
     )
     print(speed_table(result))
     return 0

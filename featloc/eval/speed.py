@@ -74,9 +74,10 @@ def run_speed_benchmark(
     ransac: dict | None = None,
     output: str | Path | None = None,
     images: tuple[np.ndarray, np.ndarray] | None = None,
+    extractor_conf: dict | None = None,
 ) -> dict:
     """Time extraction (per image), matching and homography estimation (per pair) for each
-    extractor in `features` and the baseline, all in this one run.
+    extractor in `features` (with `extractor_conf`) and the baseline, all in this one run.
 
     Returns a dict with, per extractor: median seconds of `extract`, `match`, `estimate`,
     and `pair` (both extractions + match + estimate, timed end to end), the keypoint and
@@ -91,7 +92,8 @@ def run_speed_benchmark(
     model = build("matcher", matcher)
     rows = {}
     for name in names:
-        extractor = build("extractor", name, max_num_keypoints=max_num_keypoints)
+        conf = {} if name == baseline else dict(extractor_conf or {})
+        extractor = build("extractor", name, max_num_keypoints=max_num_keypoints, **conf)
         t_extract, f0 = median_time(lambda e=extractor: e.extract(image0), repeats)
         f1 = extractor.extract(image1)
         t_match, matches = median_time(lambda a=f0, b=f1: model.match(a, b), repeats)
@@ -124,6 +126,7 @@ def run_speed_benchmark(
         "matcher": matcher,
         "baseline": baseline,
         "max_num_keypoints": max_num_keypoints,
+        "extractor_conf": dict(extractor_conf or {}),
         "machine": _machine(),
         "results": rows,
     }
@@ -135,7 +138,8 @@ def speed_table(result: dict) -> str:
     w, h = result["image_size"]
     lines = [
         f"Median wall-clock time, {w}x{h}, {result['repeats']} runs, matcher "
-        f"`{result['matcher']}`, up to {result['max_num_keypoints']} keypoints",
+        f"`{result['matcher']}`, up to {result['max_num_keypoints']} keypoints"
+        + "".join(f", {k}={v}" for k, v in result.get("extractor_conf", {}).items()),
         "",
         "| features | extract (ms/image) | vs " + result["baseline"] + " | match (ms) | "
         "homography (ms) | whole pair (ms) | keypoints | matches | inliers |",
