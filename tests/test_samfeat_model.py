@@ -6,6 +6,7 @@ Networks are random-init (no trained weights are needed); images are small.
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 import torch
