@@ -596,3 +596,13 @@ def test_speed_benchmark_times_a_weights_file_beside_sift(tmp_path):
     assert set(result["results"]) == {"sift", "samfeat-lite"}
     assert result["extractor_conf"]["weights"] == str(path)
     assert f"weights={path}" in (tmp_path / "out" / "speed.md").read_text()
+
+
+@pytest.mark.parametrize("options", [{}, {"lite_channels": (32, 32, 64, 96), "lite_fine_channels": 4,
+                                          "descriptor_dim": 64}])
+def test_lite_conf_is_read_off_a_state_dict(options):
+    from featloc.models.samfeat import lite_conf_from_state
+
+    net = build_samfeat_net(SAMFeatNetConf(arch="lite", **options))
+    state = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+    assert lite_conf_from_state(state, "backbone.") == net.conf

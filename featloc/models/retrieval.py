@@ -35,7 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .samfeat import SAMFeatNetConf, build_samfeat_net, load_samfeat_net
+from .samfeat import (
+    SAMFeatNetConf,
+    build_samfeat_net,
+    lite_conf_from_state,
+    load_samfeat_net,
+)
 
 POOLINGS = ("netvlad", "gem")
 FEATURE_MAPS = {"desc_map": "descriptor_head", "distill": "distill_head"}  # map -> its last layer
@@ -220,7 +225,7 @@ def save_retrieval_net(net: RetrievalNet, path: str | Path, dtype: torch.dtype =
 
 def load_retrieval_net(path: str | Path) -> RetrievalNet:
     """A net (float32, eval mode) from an exported weights file or a training checkpoint
-    (`ckpt_<step>.pt` of the `retrieval` task; its backbone has the default conf of `arch`)."""
+    (`ckpt_<step>.pt` of the `retrieval` task; its backbone's conf is read off its shapes)."""
     from ..config import make_conf
     from .weights import load_blob
 
@@ -240,6 +245,10 @@ def load_retrieval_net(path: str | Path) -> RetrievalNet:
     backbone = None
     if backbone_conf is not None:
         backbone = build_samfeat_net(make_conf(SAMFeatNetConf, backbone_conf))
+    elif net_conf.get("arch", "lite") == "lite" and "backbone.block2.0.0.weight" in state:
+        # a checkpoint holds no backbone conf: read it off the shapes (the shipped backbone
+        # may have another width or the full-resolution branch)
+        backbone = build_samfeat_net(lite_conf_from_state(state, "backbone."))
     net = RetrievalNet(make_conf(RetrievalNetConf, net_conf), backbone)
     try:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v

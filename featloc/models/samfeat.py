@@ -414,6 +414,24 @@ def save_samfeat_net(net: nn.Module, path: str | Path, **metadata) -> Path:
     return path
 
 
+def lite_conf_from_state(state: dict, prefix: str = "") -> SAMFeatNetConf:
+    """The `lite` network conf whose parameter shapes are those of `state` (keys under
+    `prefix`): widths, feature, descriptor and distillation sizes, the full-resolution branch.
+    For states saved without their conf, e.g. a backbone inside a training checkpoint."""
+    def out_channels(name):
+        return int(state[f"{prefix}{name}"].shape[0])
+
+    fine = state.get(f"{prefix}heatmap1.weight")
+    return SAMFeatNetConf(
+        arch="lite",
+        lite_channels=tuple(out_channels(f"block{i}.0.0.weight") for i in (2, 3, 4, 5)),
+        lite_feature_dim=out_channels("project2.weight"),
+        descriptor_dim=out_channels("descriptor_head.weight"),
+        distill_dim=out_channels("distill_head.weight"),
+        lite_fine_channels=int(fine.shape[1]) if fine is not None else 0,
+    )
+
+
 def load_samfeat_net(path: str | Path, conf: SAMFeatNetConf | None = None) -> nn.Module:
     """Build and load a network from a weights file.
 
