@@ -22,6 +22,7 @@ from featloc.models.samfeat import (
     bilinear_sample,
     build_samfeat_net,
     detect_keypoints,
+    load_samfeat_net,
     max_pool_same,
     refine_subpixel,
     sample_descriptors,
@@ -606,3 +607,14 @@ def test_lite_conf_is_read_off_a_state_dict(options):
     net = build_samfeat_net(SAMFeatNetConf(arch="lite", **options))
     state = {f"backbone.{k}": v for k, v in net.state_dict().items()}
     assert lite_conf_from_state(state, "backbone.") == net.conf
+
+
+def test_bare_lite_state_dict_loads_with_its_own_sizes(tmp_path):
+    torch.manual_seed(0)
+    net = build_samfeat_net(SAMFeatNetConf(arch="lite", lite_fine_channels=4)).eval()
+    torch.save(net.state_dict(), tmp_path / "bare.pt")
+    loaded = load_samfeat_net(tmp_path / "bare.pt", SAMFeatNetConf(arch="lite"))
+    assert loaded.conf.lite_fine_channels == 4
+    x = torch.rand(1, 3, 32, 48) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["logits"], net(x)["logits"])

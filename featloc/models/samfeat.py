@@ -460,6 +460,14 @@ def load_samfeat_net(path: str | Path, conf: SAMFeatNetConf | None = None) -> nn
     for prefix in ("module.", "_orig_mod."):  # DataParallel / torch.compile wrappers
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
+    if (conf is None or conf.arch == "lite") and "block2.0.0.weight" in state and not (
+            isinstance(blob, dict) and blob.get("net_conf")):
+        # a bare lite state dict: its sizes come from its shapes, the rest from `conf`
+        shapes = asdict(lite_conf_from_state(state))
+        keep = ("lite_channels", "lite_feature_dim", "descriptor_dim", "distill_dim",
+                "lite_fine_channels")
+        conf = SAMFeatNetConf(**{**asdict(conf or SAMFeatNetConf(arch="lite")),
+                                 **{k: shapes[k] for k in keep}})
     net = build_samfeat_net(conf)
     try:
         net.load_state_dict(state)
