@@ -28,6 +28,7 @@ from featloc.train.data.sampler import EpochSampler
 from featloc.train.tasks import samfeat as samfeat_task
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train" / "smoke.yaml"
+REAL_NET_API = samfeat_task._net_api  # the tests below use a stand-in unless they restore it
 
 
 class StandInSAMFeat(nn.Module):
@@ -549,3 +550,28 @@ def test_freeze_except_trains_the_detector_alone():
         torch.testing.assert_close(net(x)["desc_map"], out["desc_map"].detach())
     with pytest.raises(ValueError, match="model.trainable"):
         samfeat_task.freeze_except(net, ["no_such_layer"])
+
+
+def test_detector_branch_fine_tune_keeps_the_descriptors(image_dir, tmp_path, monkeypatch):
+    """The v1 recipe in miniature: a real samfeat-lite run, then init_from it with the
+    full-resolution branch added (parameters the checkpoint lacks keep their initialisation)
+    and only the detector trainable: every descriptor parameter and statistic is unchanged."""
+    from featloc.train.trainer import train
+
+    monkeypatch.setattr(samfeat_task, "_net_api", REAL_NET_API)
+    base = _overrides(image_dir, tmp_path / "a", "train.steps=2", "train.ckpt_interval=2")
+    train(SMOKE, base)
+    source = tmp_path / "a" / "run" / "ckpt_00000002.pt"
+    tuned = _overrides(image_dir, tmp_path / "b", "train.steps=2", "train.ckpt_interval=2",
+                       f"train.init_from={source}", "model.options.lite_fine_channels=4",
+                       "model.trainable=[heatmap,alphas,fine]", "losses.descriptor=0",
+                       "losses.wsc=0", "losses.distill=0", "losses.edge=0", "optim.lr=1e-2")
+    shutil.copytree(tmp_path / "a" / "cache", tmp_path / "b" / "cache")
+    train(SMOKE, tuned)
+    before, after = _params(source), _params(tmp_path / "b" / "run" / "ckpt_00000002.pt")
+    assert set(after) - set(before) >= {"heatmap1.weight", "fine.0.0.weight"}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("heatmap", "alphas")) for k in changed)
+    with pytest.raises(ValueError, match="does not fit"):  # unexpected keys stay an error
+        train(SMOKE, _overrides(image_dir, tmp_path / "c", "train.steps=1",
+                                f"train.init_from={tmp_path / 'b' / 'run' / 'ckpt_00000002.pt'}"))

@@ -77,7 +77,7 @@ class SAMFeatNetConf:
     lite_attention_heads: int = 2  # lite spatial EAG heads (64 dims each: fast on CPU)
     # lite: > 0 adds a full-resolution detection branch of this width (two conv blocks on
     # the image and a 3x3 conv whose logits are added to s1; zero-initialised, so a trained
-    # network gains it without changing); 0: none (the shipped network)
+    # network gains it without changing); 0: none (samfeat-lite v0; v1 ships with 8)
     lite_fine_channels: int = 0
 
     def __post_init__(self):

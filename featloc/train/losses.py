@@ -19,6 +19,7 @@ Beyond the paper:
   view 1, both refined as at inference (soft-argmax of the logits around each label). The BCE
   puts one positive at a label rounded in each view, so nothing trains the sub-pixel position
   or its covariance under a warp; this term does (in the spirit of ALIKE's reprojection loss).
+  Measured on samfeat-lite (README): it made localisation worse, so it stays off.
 """
 
 from __future__ import annotations
@@ -220,9 +221,10 @@ def reprojection(logits: torch.Tensor, heatmap0: torch.Tensor, valid_mask0: torc
 
     logits [2B, 1, H, W] (view-0 images first); heatmap0, valid_mask0/1 [B, H, W]; H_0to1
     [B, 3, 3] (NaN for posed pairs, which are skipped). For up to `max_points` labels c0 of
-    view 0 (heatmap pixels >= 1/4) (random, torch RNG) with c1 = round(H c0): q0 = refine(logits0, c0), q1 =
-    refine(logits1, c1) with the inference soft-argmax (`refine_subpixel`), and the distance
-    |H q0 - q1|. Windows must lie inside both views and on valid pixels.
+    view 0 (heatmap pixels >= 1/4, a random subset by the torch RNG) with c1 = round(H c0):
+    q0 = refine(logits0, c0), q1 = refine(logits1, c1) with the inference soft-argmax
+    (`refine_subpixel`), and the distance |H q0 - q1|. Windows must lie inside both views and
+    on valid pixels.
     """
     from ..models.samfeat import refine_subpixel
 

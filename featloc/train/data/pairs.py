@@ -30,8 +30,8 @@ Item keys, the same for both kinds (tensors; S = image_size, N = grid^2):
         valid [N] float32: the correspondence exists and lies inside view 1
     not_search [N, N] bool: NS_ij = |p1_i - p1_j| <= not_search_px or j invalid (includes i = j)
     heatmap0/1 [S, S] float32: 1 at the rounded pseudo-keypoints (homographic adaptation labels
-        of the source image, warped; `heatmap: bilinear` spreads each over 4 pixels);  valid_mask0/1 [S, S] float32: the view pixel has a
-        source pixel
+        of the source image, warped; `heatmap: bilinear` spreads each over 4 pixels);
+        valid_mask0/1 [S, S] float32: the view pixel has a source pixel
     teacher targets, warped with each view's map M0 / M1 from its source image (zero flags
     when the teacher gives none):
         point_groups0/1 [N] int64 group id at each point (-1: none/invalid);
