@@ -618,3 +618,21 @@ def test_bare_lite_state_dict_loads_with_its_own_sizes(tmp_path):
     x = torch.rand(1, 3, 32, 48) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)["logits"], net(x)["logits"])
+
+
+def test_multiscale_keypoints_come_back_in_original_pixels():
+    # blobs wide enough to be found at half size; each scale finds them and maps them back
+    centres = [(40.3, 30.7), (120.6, 90.2), (190.8, 60.4)]
+    image = _blob_image(150, 230, centres, sigma=2.0)
+    conf = dict(detection_threshold=0.1, subpixel=True, border_px=2, descriptor_output="unit")
+    single = _extractor(_BlobNet(), **conf).extract(image)
+    multi = _extractor(_BlobNet(), scales=(1.0, 0.5), **conf).extract(image)
+    assert len(single) == 3 and len(multi) == 6 and multi.image_size == (230, 150)
+    for kp in (single.keypoints, multi.keypoints):
+        nearest = np.linalg.norm(kp[:, None] - np.array(centres)[None], axis=-1).min(1)
+        assert nearest.max() < 0.6
+    assert np.all(np.diff(multi.keypoint_scores) <= 0)  # pooled, best first
+    capped = _extractor(_BlobNet(), scales=(1.0, 0.5), max_num_keypoints=4, **conf)
+    assert len(capped.extract(image)) == 4
+    with pytest.raises(ValueError, match="scales"):
+        _extractor(_BlobNet(), scales=(1.0, 0.0))

@@ -84,6 +84,9 @@ class SAMFeatConf(ExtractorConf):
     # (published; match with "nn-dot")
     descriptor_output: str = "unit"
     batch_size: int = 4  # images per forward pass in extract_batch (same size only)
+    # image scales to detect and describe at (keypoints of all scales pooled, best by score
+    # kept); (1.0,): single scale
+    scales: tuple[float, ...] = (1.0,)
     onnx_cache_dir: str = ""  # exported graphs; "": $FEATLOC_CACHE_DIR or ~/.cache/featloc
 
 
@@ -227,6 +230,8 @@ class SAMFeat(Extractor):
                              "autocast option")
         if conf.batch_size < 1:
             raise ValueError(f"SAMFeat: batch_size must be >= 1, got {conf.batch_size}")
+        if not conf.scales or any(not 0 < s <= 4 for s in conf.scales):
+            raise ValueError(f"SAMFeat: scales must be in (0, 4], got {conf.scales!r}")
 
     # ---------------------------------------------------------------------------------------
     # ONNX Runtime backend
@@ -282,6 +287,28 @@ class SAMFeat(Extractor):
 
     def extract_batch(self, images: list[np.ndarray]) -> list[Features]:
         """Features of several images; images of the same network input size share a pass."""
+        if tuple(self.conf.scales) != (1.0,):
+            return [self._multiscale(image) for image in images]
+        return self._single_scale(images)
+
+    def _multiscale(self, image: np.ndarray) -> Features:
+        image = to_uint8(image)
+        h, w = image.shape[:2]
+        parts = []
+        for scale in self.conf.scales:
+            size = (max(16, round(w * scale)), max(16, round(h * scale)))
+            scaled = image if size == (w, h) else cv2.resize(
+                image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+            f = self._single_scale([scaled])[0]
+            ratio = np.array([size[0] / w, size[1] / h], np.float32)
+            parts.append(((f.keypoints + 0.5) / ratio - 0.5, f.keypoint_scores, f.descriptors))
+        xy, scores, desc = (np.concatenate(p) for p in zip(*parts, strict=True))
+        order = np.argsort(-scores, kind="stable")
+        if self.conf.max_num_keypoints > 0:
+            order = order[:self.conf.max_num_keypoints]
+        return Features(xy[order], scores[order], desc[order], (w, h))
+
+    def _single_scale(self, images: list[np.ndarray]) -> list[Features]:
         prepared = [self._prepare(image) for image in images]
         results: list[Features | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
