@@ -549,3 +549,22 @@ def test_speed_benchmark_matcher_mode(sift_weights, tmp_path, capsys):
     assert set(row) == {"nn", "attention"} and row["nn"]["ratio_to_baseline"] == 1.0
     assert row["attention"]["num_keypoints"] == [64, 64] and row["attention"]["layers"] == 2
     assert "| 64 (64/64) | attention |" in capsys.readouterr().out
+
+
+def test_pair_cache_follows_the_extractor_weights(image_dir, tmp_path):
+    """New weights at the same path (e.g. a retrained samfeat-lite) get a new pair cache."""
+    from featloc.models.samfeat import SAMFeatNetConf, build_samfeat_net, save_samfeat_net
+    from featloc.train.conf import load_config
+    from featloc.train.tasks import attention as task
+
+    weights = tmp_path / "lite.pt"
+    conf = load_config(SMOKE, _overrides(image_dir, tmp_path, "data.pair_variants=2",
+                                         "data.features=samfeat-lite",
+                                         f"data.extractor_conf={{weights: {weights}}}",
+                                         "model.add_scale_ori=false"))
+    roots = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_samfeat_net(build_samfeat_net(SAMFeatNetConf(arch="lite")), weights)
+        roots.append(task.build_datasets(conf)["train"].cache_root)
+    assert roots[0] != roots[1]

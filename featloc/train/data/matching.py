@@ -173,7 +173,12 @@ class MatchingPairs(Dataset):
         self.has_scale_ori = probe.scales is not None and probe.oris is not None
         self.cache_root = None
         if conf.pair_variants > 0:
+            from ...config import resolved_conf
+
+            # the extractor's resolved conf carries a digest of its weights file: new weights
+            # at the same path make a new cache instead of reusing the old keypoints
             key = digest({"conf": asdict(conf), "seed": seed, "version": 1,
+                          "extractor": resolved_conf(conf.features, self.extractor),
                           "images": images.digest if images is not None else None,
                           "posed": [(str(p.scene.resolve()), p.pair.name0, p.pair.name1)
                                     for p in self.posed]})
