@@ -553,7 +553,11 @@ def test_speed_benchmark_matcher_mode(sift_weights, tmp_path, capsys):
 
 def test_pair_cache_follows_the_extractor_weights(image_dir, tmp_path):
     """New weights at the same path (e.g. a retrained samfeat-lite) get a new pair cache."""
-    from featloc.models.samfeat import SAMFeatNetConf, build_samfeat_net, save_samfeat_net
+    from featloc.models.samfeat import (
+        SAMFeatNetConf,
+        build_samfeat_net,
+        save_samfeat_net,
+    )
     from featloc.train.conf import load_config
     from featloc.train.tasks import attention as task
 
