@@ -18,24 +18,18 @@ import cv2
 import h5py
 import numpy as np
 
-from featloc.geometry.homography import warp_points
+from featloc.geometry.homography import (
+    homography_corner_error,
+    homography_jacobian,
+    warp_points,
+)
 
 BINS = (1.0, 1.16, 1.35, 1.57, 1.82, np.inf)  # zoom factor max(s, 1/s)
 
 
-def zoom(H: np.ndarray, centre: np.ndarray, eps: float = 0.5) -> float:
-    """max(s, 1/s) of H at `centre` (central differences)."""
-    cols = [(warp_points(centre[None] + d, H) - warp_points(centre[None] - d, H))[0] / (2 * eps)
-            for d in (np.array([eps, 0.0]), np.array([0.0, eps]))]
-    return float(np.exp(abs(0.5 * np.log(abs(np.linalg.det(np.stack(cols, 1)))))))
-
-
-def corner_error(H_est: np.ndarray | None, H: np.ndarray, w: int, h: int) -> float:
-    if H_est is None:
-        return np.inf
-    corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], float)
-    return float(np.linalg.norm(warp_points(corners, H_est) - warp_points(corners, H), axis=1)
-                 .mean())
+def zoom(H: np.ndarray, centre: np.ndarray) -> float:
+    """max(s, 1/s) of H at `centre`, s the square root of the Jacobian determinant."""
+    return float(np.exp(abs(0.5 * np.log(abs(np.linalg.det(homography_jacobian(H, centre)[0]))))))
 
 
 def pair_rows(folder: Path, data: Path, oracle_px: float) -> np.ndarray:
@@ -59,7 +53,7 @@ def pair_rows(folder: Path, data: Path, oracle_px: float) -> np.ndarray:
             H_ls = cv2.findHomography(p0[good], p1[good], 0)[0] if good.sum() >= 4 else None
             bench = np.inf if p["H_error_px"] is None else p["H_error_px"]
             rows.append((zoom(H, np.array([(w - 1) / 2, (h - 1) / 2])), bench,
-                         corner_error(H_ls, H, w, h),
+                         np.inf if H_ls is None else homography_corner_error(H_ls, H, (w, h)),
                          np.median(residual[good]) if good.any() else np.nan))
     return np.array(rows, float)
 

@@ -15,15 +15,8 @@ import numpy as np
 
 import featloc
 from featloc.eval.hpatches import list_pairs
-from featloc.geometry.homography import warp_points
+from featloc.geometry.homography import homography_jacobian, warp_points
 from featloc.io.images import read_image
-
-
-def jacobian(H: np.ndarray, x: np.ndarray, eps: float = 1e-3) -> np.ndarray:
-    """[N, 2, 2] Jacobians of x -> H(x) by central differences."""
-    cols = [(warp_points(x + d, H) - warp_points(x - d, H)) / (2 * eps)
-            for d in (np.array([eps, 0.0]), np.array([0.0, eps]))]
-    return np.stack(cols, axis=2)
 
 
 def main() -> None:
@@ -48,7 +41,7 @@ def main() -> None:
         x0 = f0.keypoints[idx[:, 0]].astype(np.float64)
         r = f1.keypoints[idx[:, 1]] - warp_points(x0, pair.H)
         good = np.linalg.norm(r, axis=1) < 3
-        A.append(np.eye(2) - jacobian(pair.H, x0[good]))
+        A.append(np.eye(2) - homography_jacobian(pair.H, x0[good]))
         b.append(r[good])
     A, b = np.concatenate(A), np.concatenate(b)
     c, *_ = np.linalg.lstsq(A.reshape(-1, 2), b.reshape(-1), rcond=None)

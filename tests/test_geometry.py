@@ -9,6 +9,7 @@ from featloc.geometry import (
 )
 from featloc.geometry.homography import (
     homography_corner_error,
+    homography_jacobian,
     scale_homography,
     warp_points,
 )
@@ -124,3 +125,15 @@ def test_error_auc_reference_values():
     assert error_auc([1, 2, 3, 100], [5, 10, 20]) == pytest.approx([0.525, 0.6375, 0.69375], abs=1e-9)
     assert error_auc([np.inf, np.inf], [5]) == [0.0]
     assert error_auc([0, 0], [5]) == pytest.approx([1.0])
+
+
+def test_homography_jacobian_matches_finite_differences():
+    H = np.array([[1.1, 0.2, 5.0], [-0.1, 0.9, -3.0], [1e-3, -5e-4, 1.0]])
+    points = np.array([[10.0, 20.0], [200.0, 100.0], [-30.0, 400.0]])
+    eps = 1e-4
+    numeric = np.stack([(warp_points(points + d, H) - warp_points(points - d, H)) / (2 * eps)
+                        for d in (np.array([eps, 0.0]), np.array([0.0, eps]))], axis=2)
+    np.testing.assert_allclose(homography_jacobian(H, points), numeric, rtol=1e-6, atol=1e-8)
+    # an affine H has its linear part as Jacobian everywhere
+    A = np.array([[2.0, 0.5, 1.0], [0.0, 3.0, 2.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(homography_jacobian(A, points), np.broadcast_to(A[:2, :2], (3, 2, 2)))

@@ -16,6 +16,16 @@ def warp_points(points: np.ndarray, H: np.ndarray) -> np.ndarray:
         return homog[:, :2] / homog[:, 2:]
 
 
+def homography_jacobian(H: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """[N, 2, 2] Jacobians d warp_points(x, H) / dx at [N, 2] points (analytic)."""
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    H = np.asarray(H, np.float64)
+    homog = points @ H[:, :2].T + H[:, 2]
+    w = homog[:, 2, None, None]
+    mapped = homog[:, :2, None] / w
+    return (H[None, :2, :2] - mapped * H[None, 2:, :2]) / w
+
+
 def image_corners(size: tuple[int, int]) -> np.ndarray:
     """The four corners (w, h) -> [4, 2]: (0,0), (w-1,0), (w-1,h-1), (0,h-1), i.e. the centres
     of the corner pixels in the project's pixel convention."""

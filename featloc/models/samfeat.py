@@ -36,7 +36,7 @@ both go through `sample_descriptors`, so the convention is identical in both.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -414,16 +414,18 @@ def save_samfeat_net(net: nn.Module, path: str | Path, **metadata) -> Path:
     return path
 
 
-def lite_conf_from_state(state: dict, prefix: str = "") -> SAMFeatNetConf:
-    """The `lite` network conf whose parameter shapes are those of `state` (keys under
-    `prefix`): widths, feature, descriptor and distillation sizes, the full-resolution branch.
-    For states saved without their conf, e.g. a backbone inside a training checkpoint."""
+def lite_conf_from_state(state: dict, prefix: str = "",
+                         base: SAMFeatNetConf | None = None) -> SAMFeatNetConf:
+    """`base` (default: the lite defaults) with the sizes read off the parameter shapes of
+    `state` (keys under `prefix`): widths, feature, descriptor and distillation sizes, the
+    full-resolution branch. For states saved without their conf, e.g. a backbone inside a
+    training checkpoint."""
     def out_channels(name):
         return int(state[f"{prefix}{name}"].shape[0])
 
     fine = state.get(f"{prefix}heatmap1.weight")
-    return SAMFeatNetConf(
-        arch="lite",
+    return replace(
+        base or SAMFeatNetConf(arch="lite"),
         lite_channels=tuple(out_channels(f"block{i}.0.0.weight") for i in (2, 3, 4, 5)),
         lite_feature_dim=out_channels("project2.weight"),
         descriptor_dim=out_channels("descriptor_head.weight"),
@@ -463,11 +465,7 @@ def load_samfeat_net(path: str | Path, conf: SAMFeatNetConf | None = None) -> nn
     if (conf is None or conf.arch == "lite") and "block2.0.0.weight" in state and not (
             isinstance(blob, dict) and blob.get("net_conf")):
         # a bare lite state dict: its sizes come from its shapes, the rest from `conf`
-        shapes = asdict(lite_conf_from_state(state))
-        keep = ("lite_channels", "lite_feature_dim", "descriptor_dim", "distill_dim",
-                "lite_fine_channels")
-        conf = SAMFeatNetConf(**{**asdict(conf or SAMFeatNetConf(arch="lite")),
-                                 **{k: shapes[k] for k in keep}})
+        conf = lite_conf_from_state(state, base=conf)
     net = build_samfeat_net(conf)
     try:
         net.load_state_dict(state)

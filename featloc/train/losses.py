@@ -240,10 +240,8 @@ def reprojection(logits: torch.Tensor, heatmap0: torch.Tensor, valid_mask0: torc
             yx = yx[torch.randperm(len(yx), device=yx.device)[:max_points]]
         c0 = yx.flip(-1).float()
         c1 = torch.round(_warp(c0, H))
-        inside = ((c0 >= radius) & (c0 <= torch.tensor([w - 1 - radius, h - 1 - radius],
-                                                        device=c0.device))).all(1)
-        inside &= ((c1 >= radius) & (c1 <= torch.tensor([w - 1 - radius, h - 1 - radius],
-                                                         device=c1.device))).all(1)
+        high = torch.tensor([w - 1 - radius, h - 1 - radius], device=c0.device)
+        inside = ((c0 >= radius) & (c0 <= high) & (c1 >= radius) & (c1 <= high)).all(1)
         c0, c1 = c0[inside], c1[inside]
         c1i = c1.long()
         keep = valid_mask1[b][c1i[:, 1], c1i[:, 0]] > 0.5
