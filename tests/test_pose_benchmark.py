@@ -243,3 +243,29 @@ def test_benchmark_pose_with_resize_and_rotation(rendered_set, tmp_path):
                                     if p.name.startswith("images-"))).is_dir()
     assert turned["pose_auc"][2] > plain["pose_auc"][2] - 0.25
     assert turned["pose_auc"][2] > 0.3
+
+
+def test_pose_oracle_script(rendered_set, tmp_path):
+    """scripts/pose_oracle.py recomputes the benchmark's AUC from its folder and scores the
+    oracle match sets; the oracle's matches are all correct, so it has no fewer correct matches."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from featloc.eval.pose import run_pose_benchmark
+
+    out = tmp_path / "bench"
+    summary = run_pose_benchmark(rendered_set / "pairs_gt.txt", rendered_set / "images", out,
+                                 "sift", "nn", {"max_num_keypoints": 1024})
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pose_oracle.py"
+    proc = subprocess.run([sys.executable, str(script), "--scene", str(rendered_set),
+                           "--repeats", "1", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {cells[2]: cells[3:] for line in proc.stdout.splitlines()
+            if len(cells := [c.strip() for c in line.split("|")]) == 8 and cells[1] == "bench"}
+    assert set(rows) == {"benchmark", "inliers", "oracle@1", "oracle@3"}
+    assert [float(v) for v in rows["benchmark"][:3]] == pytest.approx(
+        [100 * a for a in summary["pose_auc"]], abs=0.051)
+    assert float(rows["benchmark"][3]) == pytest.approx(summary["num_matches"], abs=0.51)
+    assert float(rows["inliers"][3]) <= float(rows["benchmark"][3])
+    assert float(rows["oracle@3"][3]) >= float(rows["oracle@1"][3]) > 0
