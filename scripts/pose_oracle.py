@@ -10,8 +10,8 @@ max(rotation, translation-angle) error):
   reprojections within T px, occlusion-checked, `gt_matches_from_pose_depth`): what a perfect
   matcher on these keypoints would give.
 
-The estimator is random: each set is scored `--repeats` times with seeds seed, seed + 1, ... (the
-first is the benchmark's) and the mean AUC is reported. Usage:
+The estimator runs with the benchmark's settings, seed included (OpenCV's classic RANSAC draws
+from a fixed internal generator, so the protocol's estimator is deterministic anyway). Usage:
 
     python scripts/pose_oracle.py --scene outputs/scenes/gallery RESULTS_DIR [RESULTS_DIR ...]
 """
@@ -38,15 +38,15 @@ def pose_error(points0, points1, pair, rconf) -> float:
     return err_R if np.isnan(err_t) else max(err_R, err_t)
 
 
-def folder_errors(folder: Path, scene: Path, oracle_px, inlier_px: float, repeats: int) -> dict:
-    """Per match set: [repeats, pairs] pose errors, and the mean match count."""
+def folder_errors(folder: Path, scene: Path, oracle_px, inlier_px: float) -> dict:
+    """Per match set: [pairs] pose errors, and the mean match count."""
     summary = json.loads((folder / "summary.json").read_text())
     if any(summary["confs"]["preprocessing"].values()):
         raise SystemExit(f"{folder}: resized images; this script needs the original size")
     rconf = dataclasses.asdict(ransac_conf({**PROTOCOL_RANSAC, **summary["confs"]["ransac"]}))
     pairs = read_pose_pairs(scene / "pairs_gt.txt")
     sets = ["benchmark", "inliers", *[f"oracle@{t:g}" for t in oracle_px]]
-    errors = {s: np.full((repeats, len(pairs)), np.inf) for s in sets}
+    errors = {s: np.full(len(pairs), np.inf) for s in sets}
     counts = {s: [] for s in sets}
     depth = {}
 
@@ -73,9 +73,7 @@ def folder_errors(folder: Path, scene: Path, oracle_px, inlier_px: float, repeat
                 match_sets[f"oracle@{t:g}"] = (kp0[i], kp1[gt[i]])
             for s, (a, b) in match_sets.items():
                 counts[s].append(len(a))
-                for r in range(repeats):  # repeat 0 uses the benchmark's own seed
-                    seeded = {**rconf, "seed": rconf["seed"] + r}
-                    errors[s][r, k] = pose_error(a, b, pair, seeded)
+                errors[s][k] = pose_error(a, b, pair, rconf)
     return {"errors": errors, "counts": {s: float(np.mean(c)) for s, c in counts.items()}}
 
 
@@ -85,15 +83,14 @@ def main():
     parser.add_argument("--scene", type=Path, required=True, help="make-scenes output folder")
     parser.add_argument("--oracle-px", type=float, nargs="+", default=[1.0, 3.0])
     parser.add_argument("--px", type=float, default=3.0, help="inlier reprojection threshold")
-    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     th = AUC_THRESHOLDS_DEG
     print(f"| results folder | match set | AUC@{th[0]:g} | AUC@{th[1]:g} | AUC@{th[2]:g} "
           f"| #matches |\n|---|---|---|---|---|---|")
     for folder in args.folders:
-        out = folder_errors(folder, args.scene, args.oracle_px, args.px, args.repeats)
+        out = folder_errors(folder, args.scene, args.oracle_px, args.px)
         for s, e in out["errors"].items():
-            auc = np.mean([error_auc(list(row), th) for row in e], axis=0)
+            auc = error_auc(list(e), th)
             print(f"| {folder.name} | {s} | " + " | ".join(f"{100 * a:.1f}" for a in auc)
                   + f" | {out['counts'][s]:.0f} |")
 

@@ -259,7 +259,7 @@ def test_pose_oracle_script(rendered_set, tmp_path):
                                  "sift", "nn", {"max_num_keypoints": 1024})
     script = Path(__file__).resolve().parents[1] / "scripts" / "pose_oracle.py"
     proc = subprocess.run([sys.executable, str(script), "--scene", str(rendered_set),
-                           "--repeats", "1", str(out)], capture_output=True, text=True, timeout=120)
+                           str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = {cells[2]: cells[3:] for line in proc.stdout.splitlines()
             if len(cells := [c.strip() for c in line.split("|")]) == 8 and cells[1] == "bench"}
