@@ -450,7 +450,7 @@ def test_weights_from_a_training_checkpoint(lite_net, tmp_path):
     np.testing.assert_allclose(a.descriptors, b.descriptors, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["samfeat-lite", "samfeat"])
+@pytest.mark.parametrize("name", ["samfeat-lite", "samfeat", "samfeat-ms"])
 def test_shipped_weights_match_a_known_warp(name, warped_pair):
     """The shipped weights load offline by name and their mutual-NN matches follow the known
     homography (random weights get almost none right)."""
@@ -632,6 +632,10 @@ def test_multiscale_keypoints_come_back_in_original_pixels():
         nearest = np.linalg.norm(kp[:, None] - np.array(centres)[None], axis=-1).min(1)
         assert nearest.max() < 0.6
     assert np.all(np.diff(multi.keypoint_scores) <= 0)  # pooled, best first
+    up = _extractor(_BlobNet(), scales=(1.5, 1.0), **{**conf, "nms_radius": 8}).extract(image)  # upsampled
+    assert len(up) == 6
+    nearest = np.linalg.norm(up.keypoints[:, None] - np.array(centres)[None], axis=-1).min(1)
+    assert nearest.max() < 0.6
     capped = _extractor(_BlobNet(), scales=(1.0, 0.5), max_num_keypoints=4, **conf)
     assert len(capped.extract(image)) == 4
     with pytest.raises(ValueError, match="scales"):
