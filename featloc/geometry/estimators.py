@@ -2,7 +2,9 @@
 
 Every function returns a `TwoViewEstimate`; a failure (too few points, degenerate data, no
 model found, a backend exception) gives `success=False` with an identity model and no
-inliers, never an exception. RANSAC is seeded from the conf, so results are repeatable.
+inliers, never an exception. Results are repeatable: USAC and PoseLib draw from the conf's
+seed; OpenCV's classic RANSAC / LMedS (`method="ransac"`) use a fixed internal generator, so
+there the seed changes nothing (checked for homography, fundamental and essential matrices).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class RansacConf:
     confidence: float = 0.9999  # RANSAC success probability
     max_iterations: int = 10000
     min_iterations: int = 100  # PoseLib only
-    seed: int = 0  # random generator seed
+    seed: int = 0  # random generator seed (USAC, PoseLib; OpenCV's classic RANSAC ignores it)
     refine: bool = True  # non-linear refinement on the inliers (PoseLib bundle; OpenCV LO)
     # Relative pose with the OpenCV backend only: polish (R, t) on the RANSAC inliers with
     # PoseLib's non-linear refinement (Sampson error, Cauchy loss at threshold_px).
