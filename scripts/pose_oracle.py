@@ -17,25 +17,15 @@ from a fixed internal generator, so the protocol's estimator is deterministic an
 """
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
-from featloc.eval.pose import AUC_THRESHOLDS_DEG, PROTOCOL_RANSAC, read_pose_pairs
+from featloc.eval.pose import AUC_THRESHOLDS_DEG, evaluate_pose_pair, read_pose_pairs
 from featloc.geometry.depth import gt_matches_from_pose_depth, project_with_depth
-from featloc.geometry.estimators import estimate_relative_pose, ransac_conf
-from featloc.geometry.metrics import error_auc, relative_pose_error
+from featloc.geometry.metrics import error_auc
 from featloc.io.h5 import FeatureStore, MatchStore
-
-
-def pose_error(points0, points1, pair, rconf) -> float:
-    est = estimate_relative_pose(points0, points1, pair.K0, pair.K1, rconf)
-    if not est.success:
-        return np.inf
-    err_R, err_t = relative_pose_error(pair.T_0to1, est.model.R, est.model.t)
-    return err_R if np.isnan(err_t) else max(err_R, err_t)
 
 
 def folder_errors(folder: Path, scene: Path, oracle_px, inlier_px: float) -> dict:
@@ -43,7 +33,7 @@ def folder_errors(folder: Path, scene: Path, oracle_px, inlier_px: float) -> dic
     summary = json.loads((folder / "summary.json").read_text())
     if any(summary["confs"]["preprocessing"].values()):
         raise SystemExit(f"{folder}: resized images; this script needs the original size")
-    rconf = dataclasses.asdict(ransac_conf({**PROTOCOL_RANSAC, **summary["confs"]["ransac"]}))
+    confs = summary["confs"]  # the benchmark's resolved estimator and precision threshold
     pairs = read_pose_pairs(scene / "pairs_gt.txt")
     sets = ["benchmark", "inliers", *[f"oracle@{t:g}" for t in oracle_px]]
     errors = {s: np.full(len(pairs), np.inf) for s in sets}
@@ -52,7 +42,7 @@ def folder_errors(folder: Path, scene: Path, oracle_px, inlier_px: float) -> dic
 
     def load_depth(name):
         if name not in depth:
-            depth[name] = np.load(scene / "depth" / (Path(name).stem + ".npy"))
+            depth[name] = np.load(scene / "depth" / f"{Path(name).stem}.npy")
         return depth[name]
 
     with FeatureStore(folder / summary["files"]["features"], "r") as F, \
@@ -73,7 +63,8 @@ def folder_errors(folder: Path, scene: Path, oracle_px, inlier_px: float) -> dic
                 match_sets[f"oracle@{t:g}"] = (kp0[i], kp1[gt[i]])
             for s, (a, b) in match_sets.items():
                 counts[s].append(len(a))
-                errors[s][k] = pose_error(a, b, pair, rconf)
+                errors[s][k] = evaluate_pose_pair(a, b, pair.K0, pair.K1, pair.T_0to1, confs["ransac"],
+                                                  confs["epipolar_th"], len(kp0))["pose_error_deg"]
     return {"errors": errors, "counts": {s: float(np.mean(c)) for s, c in counts.items()}}
 
 
