@@ -541,12 +541,14 @@ def test_speed_benchmark_matcher_mode(sift_weights, tmp_path, capsys):
 
     code = main(["--quiet", "benchmark", "speed", "--matchers", "attention", "--matcher-conf",
                  f"weights={sift_weights}", "--num-keypoints", "32", "64", "--repeats", "1",
-                 "--size", "320x240", "--output", str(tmp_path)])
+                 "--size", "320x240", "--output", str(tmp_path), "--refine"])
     assert code == 0
     result = json.loads((tmp_path / "speed-matchers.json").read_text())
     assert list(result["results"]) == ["32", "64"]
     row = result["results"]["64"]
-    assert set(row) == {"nn", "attention"} and row["nn"]["ratio_to_baseline"] == 1.0
+    assert set(row) == {"nn", "attention", "refine"} and row["nn"]["ratio_to_baseline"] == 1.0
+    assert 0 < row["refine"]["num_matches"] <= row["nn"]["num_matches"]
+    assert result["refine"] == {}
     assert row["attention"]["num_keypoints"] == [64, 64] and row["attention"]["layers"] == 2
     assert "| 64 (64/64) | attention |" in capsys.readouterr().out
 

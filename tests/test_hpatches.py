@@ -294,6 +294,24 @@ def test_benchmark_rerun_recomputes_nothing(benchmark_run, hpatches_dir):
     assert "Rep / LE (top 50)" in summaries_to_markdown([top]).splitlines()[0]
 
 
+def test_benchmark_refine(benchmark_run, hpatches_dir, tmp_path):
+    """Refined matches: features and matches are reused, every pair is re-evaluated, and the
+    refined points are closer to the ground truth (MMA at 1 px goes up)."""
+    import shutil
+
+    out, first = benchmark_run
+    out = shutil.copytree(out, tmp_path / "bench")  # the other tests read the plain run
+    refined = run_homography_benchmark(hpatches_dir, out, "sift", "nn", refine={})
+    assert refined["work"] == {"extracted": 0, "matched": 0, "evaluated": 10, "failed": 0}
+    assert refined["refine"] is True and first["refine"] is False
+    assert refined["confs"]["refine"]["radius"] == 8 and first["confs"]["refine"] is None
+    assert refined["mma"]["all"][0] > first["mma"]["all"][0]
+    assert refined["num_matches"] == first["num_matches"]
+    assert "| sift | nn + refine |" in summaries_to_markdown([refined])
+    records = json.loads((out / "results.json").read_text())["pairs"]
+    assert sum(r["num_refined"] for r in records) > 0
+
+
 def test_markdown_table_compares_runs(benchmark_run):
     _, summary = benchmark_run
     table = summaries_to_markdown([summary, {**summary, "features": "orb"}])

@@ -32,6 +32,7 @@ def add_parser(sub, formatter):
                    help="detector repeatability and localisation error on each image's K "
                    "best keypoints by score, as SuperPoint (300 at 240x320, 1000 at 480x640); "
                    "0: on all keypoints. Matching always uses all of them")
+    common.add_refine_args(p)
     p.set_defaults(func=run)
 
 
@@ -42,7 +43,7 @@ def run(args) -> int:
         args.data, args.output, args.features, args.matcher,
         extractor_conf=common.extractor_conf(args), matcher_conf=common.matcher_conf(args),
         ransac=common.ransac_conf(args), keep_high_res=args.keep_high_res,
-        detector_top_k=args.detector_top_k,
+        detector_top_k=args.detector_top_k, refine=common.refine_conf(args),
     )
     sys.stdout.write(summaries_to_markdown([summary]))
     return 1 if summary["missing_pairs"] else 0

@@ -42,6 +42,7 @@ def add_parser(sub, formatter):
     p.add_argument("--epipolar-th", type=float, default=5e-4,
                    help="match precision threshold on the symmetric epipolar error in "
                    "normalised coordinates (5e-4 ScanNet, 1e-4 MegaDepth)")
+    common.add_refine_args(p)
     p.set_defaults(func=run)
 
 
@@ -54,6 +55,7 @@ def run(args) -> int:
         args.pairs, args.images, args.output, args.features, args.matcher,
         extractor_conf=common.extractor_conf(args), matcher_conf=common.matcher_conf(args),
         ransac=ransac, resize=args.resize, epipolar_th=args.epipolar_th,
+        refine=common.refine_conf(args),
     )
     sys.stdout.write(summaries_to_markdown([summary]))
     return 1 if summary["missing_pairs"] else 0

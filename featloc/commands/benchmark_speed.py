@@ -44,6 +44,7 @@ def add_parser(sub, formatter):
                    "extractor with --matcher is timed per pair in the same run "
                    "(--baseline '' skips it)")
     common.add_ransac_args(p)
+    common.add_refine_args(p)
     p.set_defaults(func=run)
 
 
@@ -74,7 +75,8 @@ def run(args) -> int:
 
         result = run_matcher_speed_benchmark(
             args.matchers, args.num_keypoints, args.features[0], args.matcher, width, height,
-            args.repeats, common.matcher_conf(args), None, args.output, images)
+            args.repeats, common.matcher_conf(args), None, args.output, images,
+            common.refine_conf(args))
         print(matcher_speed_table(result))
         return 0
     result = run_speed_benchmark(

@@ -76,3 +76,18 @@ def add_ransac_args(p: argparse.ArgumentParser, threshold_px: float = 3.0) -> No
 def ransac_conf(args) -> dict:
     return {"backend": args.ransac_backend, "method": args.ransac_method,
             "threshold_px": args.ransac_th_px, "seed": args.seed}
+
+
+def add_refine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refine", action="store_true",
+                   help="refine each match to sub-pixel accuracy by local affine patch "
+                   "alignment before estimation (featloc.matching.refine; not part of the "
+                   "published protocols)")
+    p.add_argument("--refine-conf", nargs="*", metavar="KEY=VALUE", default=[],
+                   help="refinement options (imply --refine), e.g. radius=6 min_ncc=0.95")
+
+
+def refine_conf(args) -> dict | None:
+    """None: no refinement; otherwise the `RefineConf` overrides."""
+    conf = parse_kv(args.refine_conf)
+    return conf if args.refine or conf else None

@@ -42,9 +42,10 @@ from ..geometry.estimators import RansacConf, estimate_homography, ransac_conf
 from ..geometry.homography import homography_corner_error, warp_points
 from ..geometry.metrics import error_auc
 from ..io.h5 import FeatureStore, MatchStore
-from ..io.images import IMAGE_EXTENSIONS
+from ..io.images import IMAGE_EXTENSIONS, read_image
 from ..match import run_match
 from ..match_dense import is_dense_matcher, run_dense_step
+from ..matching.refine import refine_conf, refine_matches
 from ..progress import track
 from .report import load_cached_records, write_json
 
@@ -274,6 +275,7 @@ def run_homography_benchmark(
     ransac: dict | None = None,
     keep_high_res: bool = False,
     detector_top_k: int = 0,
+    refine: dict | None = None,
 ) -> dict:
     """Run the HPatches MMA and homography benchmark; write results into `output_dir`.
 
@@ -288,6 +290,8 @@ def run_homography_benchmark(
         keep_high_res: keep the 8 high-resolution sequences that D2-Net excludes.
         detector_top_k: repeatability and localisation error on each image's k best keypoints
             by score (SuperPoint's protocol); 0: on all of them. Matching always uses all.
+        refine: `RefineConf` overrides to refine the matches (`featloc.matching.refine`)
+            before MMA and estimation ({}: the defaults); None: the published protocol.
     Returns:
         The summary (also written to summary.json); see `summarize` for the metric keys.
     """
@@ -298,6 +302,7 @@ def run_homography_benchmark(
 
     # Cache names encode the configurations, so changing one never reuses stale entries.
     rconf = dataclasses.asdict(ransac_conf(ransac))
+    fine = None if refine is None else dataclasses.asdict(refine_conf(refine))
     dense = is_dense_matcher(matcher)
     if dense:  # keypoints come from the matches (featloc.match_dense)
         features, fconf, mconf, feats_path, matches_path, extract_report, match_report = \
@@ -335,13 +340,20 @@ def run_homography_benchmark(
             key = digest(mstore.entry_attrs(found[0]).get("digest"), rconf, pair.H.tolist(),
                          MMA_THRESHOLDS_PX,
                          None if dense else REPEATABILITY_EPS_PX,
-                         *([detector_top_k] if detector_top_k > 0 and not dense else []))
+                         *([detector_top_k] if detector_top_k > 0 and not dense else []),
+                         *([] if fine is None else [{"refine": fine}]))
             if key in cached:
                 records.append({**cached[key], **base})
                 continue
             f0, f1 = fstore.read(pair.name0), fstore.read(pair.name1)
             matches = mstore.read(pair.name0, pair.name1, len(f0))
             points0, points1 = matches.matched_points(f0, f1)
+            extra = {}
+            if fine is not None:
+                refined = refine_matches(read_image(data_dir / pair.name0, grayscale=True),
+                                         read_image(data_dir / pair.name1, grayscale=True),
+                                         points0, points1, fine)
+                points1, extra = refined.points1, {"num_refined": int(refined.refined.sum())}
             metrics = evaluate_pair(points0, points1, pair.H, f0.image_size, rconf)
             metrics["repeatability"], metrics["loc_error_px"] = (None, None) if dense else \
                 detector_repeatability(best_keypoints(f0, detector_top_k),
@@ -350,18 +362,20 @@ def run_homography_benchmark(
             if not math.isfinite(metrics["H_error_px"]):
                 metrics["H_error_px"] = None  # JSON has no inf: null means failure
             records.append({**base, "digest": key, "num_keypoints0": len(f0),
-                            "num_keypoints1": len(f1), "num_matches": len(matches), **metrics})
+                            "num_keypoints1": len(f1), "num_matches": len(matches), **metrics,
+                            **extra})
             computed += 1
     if missing:
         logger.error("%d pair(s) without features or matches scored 0", len(missing))
     logger.info("hpatches metrics: %d computed, %d cached", computed, len(records) - computed)
 
-    confs = {"extractor": fconf, "matcher": mconf, "ransac": rconf}
+    confs = {"extractor": fconf, "matcher": mconf, "ransac": rconf, "refine": fine}
     summary = {
         "benchmark": "hpatches",
         "data_dir": str(data_dir),
         "features": features,
         "matcher": matcher,
+        "refine": fine is not None,
         "keep_high_res": keep_high_res,
         "detector_top_k": None if dense else (detector_top_k or None),
         "mma_thresholds_px": list(MMA_THRESHOLDS_PX),
@@ -403,7 +417,7 @@ def summaries_to_markdown(summaries: Sequence[dict], labels: Sequence[str] | Non
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, s in enumerate(summaries):
         features = labels[i] if labels else s["features"]
-        row = [features, s["matcher"]]
+        row = [features, s["matcher"] + (" + refine" if s.get("refine") else "")]
         for t in (1, 3, 5, 10):
             j = thresholds.index(t)
             row.append(" / ".join(_pct(s["mma"][split][j]) for split in SPLITS))

@@ -25,6 +25,9 @@ LightGlue-OpenCV, confidence 0.99999, 1000 iterations as OpenCV's default; Super
 failure; AUC@5/10/20 with `error_auc`; match precision = fraction of matches with symmetric
 epipolar error (`sym_epipolar_error`, normalised coordinates) below 5e-4 (ScanNet; 1e-4
 for MegaDepth); matching score = correct matches / keypoints of image 0.
+
+Optional (`refine`, not part of the published protocols): each pair's matched image-1 points
+are moved by `featloc.matching.refine` before estimation; the summary then says so.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from ..io.h5 import FeatureStore, MatchStore
 from ..io.images import ImageReadError, read_image, resize_image, write_image
 from ..match import run_match
 from ..match_dense import is_dense_matcher, run_dense_step
+from ..matching.refine import refine_conf, refine_matches
 from ..progress import track
 from .report import (
     RESULTS,
@@ -346,7 +350,8 @@ def summaries_to_markdown(summaries: Sequence[dict], labels: Sequence[str] | Non
     rows = []
     for i, s in enumerate(summaries):
         rows.append([
-            labels[i] if labels else s["features"], s["matcher"],
+            labels[i] if labels else s["features"],
+            s["matcher"] + (" + refine" if s.get("refine") else ""),
             *[f"{100 * v:.1f}" for v in s["pose_auc"]],
             f"{100 * s['precision']:.1f}", f"{100 * s['matching_score']:.1f}",
             f"{s['num_keypoints']:.0f}", f"{s['num_matches']:.0f}", f"{s['num_inliers']:.0f}",
@@ -368,6 +373,7 @@ def run_pose_benchmark(
     resize: str | int | None = None,
     epipolar_th: float = EPIPOLAR_TH_SCANNET,
     auc_thresholds_deg: Sequence[float] = AUC_THRESHOLDS_DEG,
+    refine: dict | None = None,
 ) -> dict:
     """Run the relative-pose benchmark; write results.json, summary.json, summary.md.
 
@@ -381,6 +387,8 @@ def run_pose_benchmark(
         resize: "WxH", a long side in px, or None (original images).
         epipolar_th: match precision threshold (normalised coordinates, squared-distance
             form of `sym_epipolar_error`): 5e-4 ScanNet, 1e-4 MegaDepth.
+        refine: `RefineConf` overrides to refine the matches before estimation ({}: the
+            defaults); None: the published protocol, no refinement.
     Returns:
         The summary (pose_auc as fractions; see `summarize_pose`).
     """
@@ -395,6 +403,7 @@ def run_pose_benchmark(
     )
 
     rconf = dataclasses.asdict(ransac_conf({**PROTOCOL_RANSAC, **(ransac or {})}))
+    fine = None if refine is None else dataclasses.asdict(refine_conf(refine))
     pair_names = list(dict.fromkeys(
         (prepared[p.name0, p.rot0].name, prepared[p.name1, p.rot1].name)
         for p in pairs if (p.name0, p.rot0) in prepared and (p.name1, p.rot1) in prepared
@@ -434,29 +443,37 @@ def run_pose_benchmark(
                 continue
             K0, K1, T = adjust_pair(pair, v0, v1)
             key = digest(mstore.entry_attrs(found[0]).get("digest"), rconf, K0.tolist(),
-                         K1.tolist(), T.matrix().tolist(), epipolar_th)
+                         K1.tolist(), T.matrix().tolist(), epipolar_th,
+                         *([] if fine is None else [fine]))
             if key in cached:
                 records.append({**cached[key], **base})
                 continue
             f0, f1 = fstore.read(v0.name), fstore.read(v1.name)
             matches = mstore.read(v0.name, v1.name, len(f0))
             points0, points1 = matches.matched_points(f0, f1)
+            extra = {}
+            if fine is not None:
+                refined = refine_matches(read_image(root / v0.name, grayscale=True),
+                                         read_image(root / v1.name, grayscale=True),
+                                         points0, points1, fine)
+                points1, extra = refined.points1, {"num_refined": int(refined.refined.sum())}
             metrics = evaluate_pose_pair(points0, points1, K0, K1, T, rconf, epipolar_th, len(f0))
             records.append({**base, "digest": key, "num_keypoints0": len(f0),
-                            "num_keypoints1": len(f1), **metrics})
+                            "num_keypoints1": len(f1), **metrics, **extra})
             computed += 1
     if missing:
         logger.error("%d pair(s) without features or matches count as failures", len(missing))
     logger.info("pose metrics: %d computed, %d cached", computed, len(records) - computed)
 
     confs = {"extractor": fconf, "matcher": mconf, "ransac": rconf, "preprocessing": prep_conf,
-             "epipolar_th": epipolar_th}
+             "epipolar_th": epipolar_th, "refine": fine}
     summary = {
         "benchmark": "pose",
         "pairs": str(pairs_file),
         "image_dir": str(image_dir),
         "features": features,
         "matcher": matcher,
+        "refine": fine is not None,
         **summarize_pose(records, auc_thresholds_deg),
         "missing_pairs": missing,
         "preparation_failures": prep_failures,

@@ -173,10 +173,13 @@ def run_matcher_speed_benchmark(
     extractor_conf: dict | None = None,
     output: str | Path | None = None,
     images: tuple[np.ndarray, np.ndarray] | None = None,
+    refine: dict | None = None,
 ) -> dict:
     """Time matching alone (per pair) at several keypoint budgets, for each matcher in
     `matchers` and the `baseline` matcher, all in this one run, on the best keypoints of one
     extraction of the pair. `matcher_conf` applies to the timed matchers, not the baseline.
+    `refine` (`RefineConf` overrides) also times the sub-pixel refinement of the baseline's
+    matches (row "refine").
 
     Returns a dict with, per keypoint budget and matcher: the median seconds per pair
     (`match_s`), the keypoint and match counts, the ratio to the baseline, and for matchers
@@ -208,6 +211,15 @@ def run_matcher_speed_benchmark(
                 entry["layers"] = int(model.match_tensors(f0, f1)["stop"])
             row[name] = entry
             logger.info("%s @ %d keypoints: %.1f ms", name, k, 1e3 * t_match)
+        if refine is not None:
+            from ..matching.refine import refine_matches
+
+            p0, p1 = models[baseline].match(f0, f1).matched_points(f0, f1)
+            t_refine, refined = median_time(
+                lambda: refine_matches(image0, image1, p0, p1, refine), repeats)
+            row["refine"] = {"match_s": t_refine, "num_keypoints": [len(f0), len(f1)],
+                             "num_matches": int(refined.refined.sum())}
+            logger.info("refine %d matches: %.1f ms", len(p0), 1e3 * t_refine)
         for entry in row.values():
             entry["ratio_to_baseline"] = entry["match_s"] / row[baseline]["match_s"]
         rows[str(k)] = row
@@ -219,6 +231,7 @@ def run_matcher_speed_benchmark(
         "baseline": baseline,
         "matchers": names,
         "matcher_conf": dict(matcher_conf or {}),
+        "refine": refine,
         "machine": _machine(),
         "results": rows,
     }
@@ -230,7 +243,9 @@ def matcher_speed_table(result: dict) -> str:
     w, h = result["image_size"]
     lines = [
         f"Median matching time per pair, {result['features']} keypoints of a {w}x{h} pair, "
-        f"{result['repeats']} runs, {result['machine']['torch_threads']} torch thread(s)",
+        f"{result['repeats']} runs, {result['machine']['torch_threads']} torch thread(s)"
+        + (f"; refine: sub-pixel refinement of the {result['baseline']} matches (matches: "
+           "those refined)" if result.get("refine") is not None else ""),
         "",
         "| keypoints | matcher | match (ms) | vs " + result["baseline"] + " | layers run | "
         "matches |",

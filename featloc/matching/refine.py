@@ -1,0 +1,190 @@
+"""Sub-pixel refinement of matches by local patch alignment (affine, photometric Lucas-Kanade).
+
+A matcher pairs keypoints that were detected independently in each image, so a correct match
+is only as accurate as the two detections: about 1 px for samfeat-lite, which caps relative
+pose accuracy (scripts/pose_oracle.py). This step keeps each image-0 point and moves its partner
+in image 1 to where the image-0 patch around it aligns best, the classical idea behind KLT
+tracking and, with learned features instead of intensities, Pixel-Perfect SfM's keypoint
+adjustment.
+
+Per match, a (2r+1)^2 patch of image 0 centred on the image-0 point is the template; the
+model is an affine map x1 = t + A u of the patch offsets u (the local first-order
+approximation of any smooth warp, which a translation-only KLT lacks under rotation, scale
+or foreshortening) and a gain/bias on the intensities (lighting). Gauss-Newton
+(forward-additive) minimises the squared intensity difference for all matches at once.
+A refinement is rejected, and the match keeps its original image-1 point, when it moves
+further than `max_shift`, its template has no texture, its template leaves image 0, the
+aligned patches correlate less than `min_ncc` (zero-normalised cross-correlation, which the
+fitted gain cannot inflate), or its position is uncertain by more than `max_std` (the
+aperture problem: a patch on a straight edge aligns equally well anywhere along it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..config import make_conf
+from ..io.images import to_gray
+
+
+@dataclass(frozen=True)
+class RefineConf:
+    radius: int = 8  # template half-size (px): (2r+1)^2 samples around each image-0 point
+    iterations: int = 10  # Gauss-Newton steps
+    affine: bool = True  # estimate a local affine map (False: translation only, as KLT)
+    photometric: bool = True  # estimate a per-match gain and bias
+    max_shift: float = 3.0  # px; refinements that move the image-1 point further are rejected
+    min_ncc: float = 0.9  # refinements whose aligned patches correlate less are rejected
+    max_std: float = 0.1  # px; refinements less certain than this (e.g. along an edge) are rejected
+    noise: float = 2.0  # grey levels; floor of the intensity noise in that uncertainty
+    min_contrast: float = 2.0  # template intensity std (grey levels) below which it is skipped
+    damping: float = 1e-3  # Levenberg term on the normal equations (flat or edge-only patches)
+
+    def __post_init__(self):
+        if self.radius < 1 or self.iterations < 1:
+            raise ValueError(f"radius and iterations must be >= 1, got {self.radius}, "
+                             f"{self.iterations}")
+        if self.max_shift <= 0:
+            raise ValueError(f"max_shift must be > 0, got {self.max_shift}")
+        if not -1 <= self.min_ncc <= 1:
+            raise ValueError(f"min_ncc must be in [-1, 1], got {self.min_ncc}")
+
+
+def refine_conf(conf: RefineConf | dict | None = None, **overrides) -> RefineConf:
+    """A validated `RefineConf` (unknown keys raise `ConfigError`)."""
+    if isinstance(conf, RefineConf) and not overrides:
+        return conf
+    return make_conf(RefineConf, conf if isinstance(conf, dict) else (conf and vars(conf)), overrides)
+
+
+@dataclass
+class RefinedMatches:
+    """points1: [N, 2] float32 refined image-1 points (the input point where rejected);
+    refined: [N] bool, whether the point moved; ncc: [N] float32 zero-normalised cross-correlation
+    of the aligned patches (-1 where no alignment was attempted); std: [N] float32 standard
+    deviation (px) of the refined position along its least certain direction (inf where not
+    attempted)."""
+
+    points1: np.ndarray
+    refined: np.ndarray
+    ncc: np.ndarray
+    std: np.ndarray
+
+
+def _sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Bilinear samples of `image` at `points` [..., 2] (x, y); outside: the nearest border pixel."""
+    shape = points.shape[:-1]
+    flat = points.reshape(-1, 2).astype(np.float32)
+    n = len(flat)
+    if n == 0:
+        return np.zeros(shape, np.float32)
+    width = 4096  # cv2.remap takes maps narrower than SHRT_MAX: sample in rows of this width
+    pad = (-n) % width
+    flat = np.concatenate([flat, np.zeros((pad, 2), np.float32)]).reshape(-1, width, 2)
+    out = cv2.remap(image, np.ascontiguousarray(flat[..., 0]), np.ascontiguousarray(flat[..., 1]),
+                    cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(-1)[:n].reshape(shape)
+
+
+def refine_matches(
+    image0: np.ndarray,
+    image1: np.ndarray,
+    points0: np.ndarray,
+    points1: np.ndarray,
+    conf: RefineConf | dict | None = None,
+) -> RefinedMatches:
+    """Move each image-1 point to where the image-0 patch around its partner aligns best.
+
+    Args:
+        image0, image1: the two images (gray or RGB, uint8 or float in [0, 1]), at the
+            resolution of the points.
+        points0, points1: [N, 2] matched points (x, y), pixels.
+        conf: `RefineConf` or overrides.
+    """
+    conf = refine_conf(conf)
+    p0 = np.asarray(points0, np.float32).reshape(-1, 2)
+    p1 = np.asarray(points1, np.float32).reshape(-1, 2)
+    if len(p0) != len(p1):
+        raise ValueError(f"point counts differ: {len(p0)} vs {len(p1)}")
+    n = len(p0)
+    out = RefinedMatches(p1.copy(), np.zeros(n, bool), np.full(n, -1.0, np.float32),
+                         np.full(n, np.inf, np.float32))
+    g0 = to_gray(image0).astype(np.float32)
+    g1 = to_gray(image1).astype(np.float32)
+    r = conf.radius
+    h0, w0 = g0.shape
+    inside = ((p0[:, 0] >= r) & (p0[:, 0] <= w0 - 1 - r) & (p0[:, 1] >= r) & (p0[:, 1] <= h0 - 1 - r)
+              & np.isfinite(p1).all(1))
+    todo = np.flatnonzero(inside)
+    if len(todo) == 0:
+        return out
+
+    grid = np.arange(-r, r + 1, dtype=np.float32)
+    u = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2)  # [P, 2] patch offsets
+    template = _sample(g0, p0[todo, None, :] + u[None])  # [M, P]
+    keep = template.std(1) >= conf.min_contrast
+    todo, template = todo[keep], template[keep]
+    m = len(todo)
+    if m == 0:
+        return out
+
+    grad_x = cv2.Scharr(g1, cv2.CV_32F, 1, 0) / 32.0
+    grad_y = cv2.Scharr(g1, cv2.CV_32F, 0, 1) / 32.0
+    t = p1[todo].copy()
+    A = np.tile(np.eye(2, dtype=np.float32), (m, 1, 1))
+    gain, bias = np.ones(m, np.float32), np.zeros(m, np.float32)
+    num_params = 2 + 4 * conf.affine + 2 * conf.photometric
+    damping = conf.damping * np.eye(num_params, dtype=np.float32)
+
+    def linearise():
+        x = t[:, None, :] + np.einsum("mij,pj->mpi", A, u)
+        warped, ix, iy = _sample(g1, x), _sample(grad_x, x), _sample(grad_y, x)
+        columns = [ix, iy]
+        if conf.affine:
+            columns += [ix * u[:, 0], ix * u[:, 1], iy * u[:, 0], iy * u[:, 1]]
+        if conf.photometric:
+            columns += [-template, -np.ones_like(template)]
+        J = np.stack(columns, -1)  # [M, P, K]
+        return warped, warped - (gain[:, None] * template + bias[:, None]), J
+
+    for _ in range(conf.iterations):
+        _, residual, J = linearise()
+        JtJ = np.matmul(J.transpose(0, 2, 1), J) + damping
+        Jtr = np.matmul(J.transpose(0, 2, 1), residual[..., None])
+        step = -np.linalg.solve(JtJ, Jtr)[..., 0]
+        t += step[:, :2]
+        k = 2
+        if conf.affine:
+            A += step[:, 2:6].reshape(-1, 2, 2)
+            k = 6
+        if conf.photometric:
+            gain += step[:, k]
+            bias += step[:, k + 1]
+
+    finite = (np.isfinite(t).all(1) & np.isfinite(A).all((1, 2)) & np.isfinite(gain)
+              & np.isfinite(bias))
+    t[~finite], A[~finite] = p1[todo][~finite], np.eye(2, dtype=np.float32)
+    gain[~finite], bias[~finite] = 1.0, 0.0
+    warped, residual, J = linearise()
+    a = template - template.mean(1, keepdims=True)
+    b = warped - warped.mean(1, keepdims=True)
+    ncc = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-6)
+    ncc[~finite] = -1.0
+    # Position uncertainty: the translation block of the Gauss-Newton covariance, with the
+    # residual's variance floored at `noise` grey levels so that a perfectly aligned edge
+    # (zero residual, free to slide along itself) still counts as uncertain.
+    dof = max(len(u) - num_params, 1)
+    variance = np.maximum((residual ** 2).sum(1) / dof, conf.noise ** 2)
+    covariance = np.linalg.inv(np.matmul(J.transpose(0, 2, 1), J) + damping)[:, :2, :2]
+    std = np.sqrt(np.maximum(np.linalg.eigvalsh(covariance)[:, -1], 0) * variance)
+    std[~finite] = np.inf
+    accept = (finite & (np.linalg.norm(t - p1[todo], axis=1) <= conf.max_shift)
+              & (ncc >= conf.min_ncc) & (std <= conf.max_std))
+    out.std[todo] = std
+    out.ncc[todo] = ncc
+    out.points1[todo[accept]] = t[accept]
+    out.refined[todo[accept]] = True
+    return out

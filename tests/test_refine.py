@@ -1,0 +1,104 @@
+"""Sub-pixel match refinement (featloc.matching.refine)."""
+
+import cv2
+import numpy as np
+import pytest
+
+from featloc.config import ConfigError
+from featloc.matching.refine import RefineConf, refine_conf, refine_matches
+
+
+def _texture(seed=0, size=(240, 320)):
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 1, size).astype(np.float32)
+    smooth = cv2.GaussianBlur(noise, (0, 0), 2.0)
+    smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+    return (40 + 170 * smooth).astype(np.uint8)
+
+
+def _warped_pair(angle_deg=12.0, scale=1.15, shift=(3.3, -2.7), gain=1.2, bias=-15.0):
+    """Image 1 = an affine warp of image 0 with a brightness change; returns both images and
+    the 2x3 map from image-0 to image-1 pixels."""
+    image0 = _texture()
+    h, w = image0.shape
+    M = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle_deg, scale)
+    M[:, 2] += shift
+    warped = cv2.warpAffine(image0.astype(np.float32), M, (w, h), flags=cv2.INTER_CUBIC)
+    image1 = np.clip(gain * warped + bias, 0, 255).astype(np.uint8)
+    return image0, image1, M
+
+
+def _grid_points(M, step=20):
+    xs, ys = np.meshgrid(np.arange(110, 211, step), np.arange(70, 171, step))
+    p0 = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float32) + 0.37
+    truth = p0 @ M[:, :2].T + M[:, 2]
+    return p0, truth.astype(np.float32)
+
+
+def test_refine_recovers_subpixel_points_under_affine_and_lighting_change():
+    image0, image1, M = _warped_pair()
+    p0, truth = _grid_points(M)
+    rng = np.random.default_rng(1)
+    start = truth + rng.uniform(-1.5, 1.5, truth.shape).astype(np.float32)
+    out = refine_matches(image0, image1, p0, start)
+    before = np.linalg.norm(start - truth, axis=1)
+    after = np.linalg.norm(out.points1 - truth, axis=1)
+    assert np.median(before) > 0.7
+    assert out.refined.mean() > 0.9
+    assert np.median(after[out.refined]) < 0.05
+    assert np.all(out.ncc[out.refined] >= RefineConf().min_ncc)
+    # rejected points keep their input position exactly
+    assert np.array_equal(out.points1[~out.refined], start[~out.refined])
+
+
+def test_affine_model_beats_translation_only_under_rotation():
+    image0, image1, M = _warped_pair(angle_deg=20.0, scale=1.25, gain=1.0, bias=0.0)
+    p0, truth = _grid_points(M)
+    start = truth + np.float32([0.8, -0.6])
+    affine = refine_matches(image0, image1, p0, start, {"min_ncc": -1.0})
+    translation = refine_matches(image0, image1, p0, start,
+                                 {"affine": False, "photometric": False, "min_ncc": -1.0})
+    err_affine = np.median(np.linalg.norm(affine.points1 - truth, axis=1))
+    err_translation = np.median(np.linalg.norm(translation.points1 - truth, axis=1))
+    assert err_affine < 0.05
+    assert err_translation > 2 * err_affine
+
+
+def test_wrong_matches_are_rejected_and_left_unchanged():
+    image0, image1, M = _warped_pair()
+    p0, truth = _grid_points(M)
+    rng = np.random.default_rng(2)
+    wrong = truth[rng.permutation(len(truth))]  # partners of other points, 20 px or more away
+    far = np.linalg.norm(wrong - truth, axis=1) > 15
+    out = refine_matches(image0, image1, p0[far], wrong[far])
+    assert out.refined.mean() < 0.1
+    assert np.array_equal(out.points1[~out.refined], wrong[far][~out.refined])
+
+
+def test_edge_cases():
+    image0, image1, M = _warped_pair()
+    empty = refine_matches(image0, image1, np.zeros((0, 2)), np.zeros((0, 2)))
+    assert empty.points1.shape == (0, 2) and empty.refined.shape == (0,)
+    assert empty.ncc.shape == (0,)
+    # a template that leaves image 0 and a textureless image are skipped, not guessed
+    border = refine_matches(image0, image1, np.float32([[2.0, 2.0]]), np.float32([[5.0, 5.0]]))
+    assert not border.refined.any() and (border.ncc == -1).all()
+    flat = np.full_like(image0, 128)
+    p0, truth = _grid_points(M)
+    out = refine_matches(flat, flat, p0, truth + 0.5)
+    assert not out.refined.any()
+    assert np.array_equal(out.points1, truth + 0.5)
+    # colour and float input give the same result as grey uint8
+    rgb = refine_matches(np.dstack([image0] * 3), image1.astype(np.float32) / 255, p0, truth + 0.5)
+    grey = refine_matches(image0, image1, p0, truth + 0.5)
+    np.testing.assert_allclose(rgb.points1, grey.points1, atol=1e-3)
+    with pytest.raises(ValueError, match="point counts differ"):
+        refine_matches(image0, image1, np.zeros((3, 2)), np.zeros((2, 2)))
+
+
+def test_conf_validation():
+    assert refine_conf({"radius": 4}).radius == 4
+    with pytest.raises(ConfigError, match="valid keys"):
+        refine_conf({"raduis": 4})
+    with pytest.raises(ValueError, match="radius"):
+        RefineConf(radius=0)
