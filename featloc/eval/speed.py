@@ -216,7 +216,7 @@ def run_matcher_speed_benchmark(
 
             p0, p1 = models[baseline].match(f0, f1).matched_points(f0, f1)
             t_refine, refined = median_time(
-                lambda: refine_matches(image0, image1, p0, p1, refine), repeats)
+                lambda a=p0, b=p1: refine_matches(image0, image1, a, b, refine), repeats)
             row["refine"] = {"match_s": t_refine, "num_keypoints": [len(f0), len(f1)],
                              "num_matches": int(refined.refined.sum())}
             logger.info("refine %d matches: %.1f ms", len(p0), 1e3 * t_refine)
