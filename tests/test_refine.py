@@ -102,3 +102,20 @@ def test_conf_validation():
         refine_conf({"raduis": 4})
     with pytest.raises(ValueError, match="radius"):
         RefineConf(radius=0)
+
+
+def test_neighbour_start_handles_a_large_scale_and_rotation_change():
+    """Under a 1.7x zoom and 35 degrees, the identity start fails where the similarity shown
+    by the neighbouring matches (a fifth of them wrong) converges."""
+    image0, image1, M = _warped_pair(angle_deg=35.0, scale=1.7, shift=(0, 0))
+    p0, truth = _grid_points(M, step=8)
+    rng = np.random.default_rng(3)
+    start = truth + rng.uniform(-1.5, 1.5, truth.shape).astype(np.float32)
+    wrong = rng.random(len(start)) < 0.2
+    start[wrong] += rng.uniform(-40, 40, (wrong.sum(), 2)).astype(np.float32)
+    good = ~wrong & (np.abs(start - 160) < 140).all(1)
+    plain = refine_matches(image0, image1, p0, start)
+    seeded = refine_matches(image0, image1, p0, start, {"init": "neighbours"})
+    err = np.linalg.norm(seeded.points1 - truth, axis=1)
+    assert seeded.refined[good].mean() > 0.8 > plain.refined[good].mean() + 0.2
+    assert np.median(err[good & seeded.refined]) < 0.05

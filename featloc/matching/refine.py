@@ -12,6 +12,8 @@ model is an affine map x1 = t + A u of the patch offsets u (the local first-orde
 approximation of any smooth warp, which a translation-only KLT lacks under rotation, scale
 or foreshortening) and a gain/bias on the intensities (lighting). Gauss-Newton
 (forward-additive) minimises the squared intensity difference for all matches at once.
+The affine map starts at the identity, or (`init="neighbours"`) at the scale and rotation
+that the neighbouring matches show, for wide baselines where the identity is too far off.
 A refinement is rejected, and the match keeps its original image-1 point, when it moves
 further than `max_shift`, its template has no texture, its template leaves image 0, the
 aligned patches correlate less than `min_ncc` (zero-normalised cross-correlation, which the
@@ -35,6 +37,8 @@ class RefineConf:
     radius: int = 8  # template half-size (px): (2r+1)^2 samples around each image-0 point
     iterations: int = 10  # Gauss-Newton steps
     affine: bool = True  # estimate a local affine map (False: translation only, as KLT)
+    init: str = "identity"  # start of the affine map: "identity" or "neighbours" (module doc)
+    neighbours: int = 8  # matches around each one that the "neighbours" start uses
     photometric: bool = True  # estimate a per-match gain and bias
     max_shift: float = 3.0  # px; refinements that move the image-1 point further are rejected
     min_ncc: float = 0.9  # refinements whose aligned patches correlate less are rejected
@@ -49,6 +53,8 @@ class RefineConf:
                              f"{self.iterations}")
         if self.max_shift <= 0:
             raise ValueError(f"max_shift must be > 0, got {self.max_shift}")
+        if self.init not in ("identity", "neighbours"):
+            raise ValueError(f"init must be 'identity' or 'neighbours', got {self.init!r}")
         if not -1 <= self.min_ncc <= 1:
             raise ValueError(f"min_ncc must be in [-1, 1], got {self.min_ncc}")
 
@@ -75,8 +81,9 @@ class RefinedMatches:
 
 
 def _sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Bilinear samples of `image` at `points` [..., 2] (x, y); outside: the nearest border pixel."""
-    shape = points.shape[:-1]
+    """Bilinear samples of `image` (H, W[, C]) at `points` [..., 2] (x, y) -> [...[, C]];
+    outside: the nearest border pixel."""
+    shape = points.shape[:-1] + image.shape[2:]
     flat = points.reshape(-1, 2).astype(np.float32)
     n = len(flat)
     if n == 0:
@@ -86,7 +93,30 @@ def _sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     flat = np.concatenate([flat, np.zeros((pad, 2), np.float32)]).reshape(-1, width, 2)
     out = cv2.remap(image, np.ascontiguousarray(flat[..., 0]), np.ascontiguousarray(flat[..., 1]),
                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out.reshape(-1)[:n].reshape(shape)
+    return out.reshape(-1, *image.shape[2:])[:n].reshape(shape)
+
+
+def _similarity_from_neighbours(p0: np.ndarray, p1: np.ndarray, k: int) -> np.ndarray:
+    """[N, 2, 2] local similarity (scale and rotation) of each match from the displacement of
+    its k nearest matches (in image 0): the component-wise median of the complex ratios
+    (p1_j - p1_i) / (p0_j - p0_i), robust to a minority of wrong neighbours. Identity where
+    fewer than 3 neighbours lie 4 px or more away."""
+    from scipy.spatial import cKDTree
+
+    n = len(p0)
+    A = np.tile(np.eye(2, dtype=np.float32), (n, 1, 1))
+    if n < 4:
+        return A
+    _, index = cKDTree(p0).query(p0, k=min(k, n - 1) + 1)
+    index = index[:, 1:]  # drop the match itself
+    z0 = (p0[index, 0] - p0[:, None, 0]) + 1j * (p0[index, 1] - p0[:, None, 1])
+    z1 = (p1[index, 0] - p1[:, None, 0]) + 1j * (p1[index, 1] - p1[:, None, 1])
+    valid = np.abs(z0) >= 4.0
+    ratio = np.where(valid, z1 / np.where(valid, z0, 1), np.nan)
+    re, im = np.nanmedian(ratio.real, 1), np.nanmedian(ratio.imag, 1)
+    ok = (valid.sum(1) >= 3) & np.isfinite(re) & np.isfinite(im)
+    A[ok] = np.stack([np.stack([re[ok], -im[ok]], -1), np.stack([im[ok], re[ok]], -1)], 1)
+    return A
 
 
 def refine_matches(
@@ -131,44 +161,55 @@ def refine_matches(
     if m == 0:
         return out
 
-    grad_x = cv2.Scharr(g1, cv2.CV_32F, 1, 0) / 32.0
-    grad_y = cv2.Scharr(g1, cv2.CV_32F, 0, 1) / 32.0
+    # intensity and gradients in one 3-channel image: one bilinear lookup per sample
+    stack = np.dstack([g1, cv2.Scharr(g1, cv2.CV_32F, 1, 0) / 32.0,
+                       cv2.Scharr(g1, cv2.CV_32F, 0, 1) / 32.0])
     t = p1[todo].copy()
-    A = np.tile(np.eye(2, dtype=np.float32), (m, 1, 1))
+    A = (_similarity_from_neighbours(p0, p1, conf.neighbours)[todo] if conf.init == "neighbours"
+         else np.tile(np.eye(2, dtype=np.float32), (m, 1, 1)))
     gain, bias = np.ones(m, np.float32), np.zeros(m, np.float32)
     num_params = 2 + 4 * conf.affine + 2 * conf.photometric
     damping = conf.damping * np.eye(num_params, dtype=np.float32)
 
-    def linearise():
-        x = t[:, None, :] + np.einsum("mij,pj->mpi", A, u)
-        warped, ix, iy = _sample(g1, x), _sample(grad_x, x), _sample(grad_y, x)
+    def linearise(sel):
+        """Warped patches, residuals and Jacobians [S, P, K] of the matches `sel`."""
+        ts, As, tmpl = t[sel], A[sel], template[sel]
+        x = np.stack([ts[:, :1] + As[:, 0, :1] * u[:, 0] + As[:, 0, 1:] * u[:, 1],
+                      ts[:, 1:] + As[:, 1, :1] * u[:, 0] + As[:, 1, 1:] * u[:, 1]], -1)
+        sampled = _sample(stack, x)
+        warped, ix, iy = sampled[..., 0], sampled[..., 1], sampled[..., 2]
         columns = [ix, iy]
         if conf.affine:
             columns += [ix * u[:, 0], ix * u[:, 1], iy * u[:, 0], iy * u[:, 1]]
         if conf.photometric:
-            columns += [-template, -np.ones_like(template)]
-        J = np.stack(columns, -1)  # [M, P, K]
-        return warped, warped - (gain[:, None] * template + bias[:, None]), J
+            columns += [-tmpl, -np.ones_like(tmpl)]
+        residual = warped - (gain[sel, None] * tmpl + bias[sel, None])
+        return warped, residual, np.stack(columns, -1)
 
+    active = np.arange(m)
     for _ in range(conf.iterations):
-        _, residual, J = linearise()
-        JtJ = np.matmul(J.transpose(0, 2, 1), J) + damping
-        Jtr = np.matmul(J.transpose(0, 2, 1), residual[..., None])
-        step = -np.linalg.solve(JtJ, Jtr)[..., 0]
-        t += step[:, :2]
+        _, residual, J = linearise(active)
+        Jt = J.transpose(0, 2, 1)
+        step = -np.linalg.solve(np.matmul(Jt, J) + damping, np.matmul(Jt, residual[..., None]))[..., 0]
+        t[active] += step[:, :2]
         k = 2
         if conf.affine:
-            A += step[:, 2:6].reshape(-1, 2, 2)
+            A[active] += step[:, 2:6].reshape(-1, 2, 2)
             k = 6
         if conf.photometric:
-            gain += step[:, k]
-            bias += step[:, k + 1]
+            gain[active] += step[:, k]
+            bias[active] += step[:, k + 1]
+        # converged: the patch corners move by less than 1e-3 px
+        moved = np.abs(step[:, :2]).max(1) + r * (np.abs(step[:, 2:6]).sum(1) if conf.affine else 0)
+        active = active[~(moved < 1e-3)]
+        if len(active) == 0:
+            break
 
     finite = (np.isfinite(t).all(1) & np.isfinite(A).all((1, 2)) & np.isfinite(gain)
               & np.isfinite(bias))
     t[~finite], A[~finite] = p1[todo][~finite], np.eye(2, dtype=np.float32)
     gain[~finite], bias[~finite] = 1.0, 0.0
-    warped, residual, J = linearise()
+    warped, residual, J = linearise(np.arange(m))
     a = template - template.mean(1, keepdims=True)
     b = warped - warped.mean(1, keepdims=True)
     ncc = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-6)
