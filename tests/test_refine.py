@@ -92,6 +92,11 @@ def test_edge_cases():
     rgb = refine_matches(np.dstack([image0] * 3), image1.astype(np.float32) / 255, p0, truth + 0.5)
     grey = refine_matches(image0, image1, p0, truth + 0.5)
     np.testing.assert_allclose(rgb.points1, grey.points1, atol=1e-3)
+    # degenerate input (every partner at one point, partners far outside image 1) is
+    # rejected, not an exception
+    for partners in (np.tile(truth[:1], (len(truth), 1)), truth + 1e4):
+        odd = refine_matches(image0, image1, p0[1:], partners[1:], {"init": "neighbours"})
+        assert not odd.refined.any() and np.array_equal(odd.points1, partners[1:])
     with pytest.raises(ValueError, match="point counts differ"):
         refine_matches(image0, image1, np.zeros((3, 2)), np.zeros((2, 2)))
 

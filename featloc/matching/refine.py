@@ -100,7 +100,7 @@ def _similarity_from_neighbours(p0: np.ndarray, p1: np.ndarray, k: int) -> np.nd
     """[N, 2, 2] local similarity (scale and rotation) of each match from the displacement of
     its k nearest matches (in image 0): the component-wise median of the complex ratios
     (p1_j - p1_i) / (p0_j - p0_i), robust to a minority of wrong neighbours. Identity where
-    fewer than 3 neighbours lie 4 px or more away."""
+    fewer than 3 neighbours lie 4 px or more away or the scale is implausible (not 0.2-5)."""
     from scipy.spatial import cKDTree
 
     n = len(p0)
@@ -114,7 +114,8 @@ def _similarity_from_neighbours(p0: np.ndarray, p1: np.ndarray, k: int) -> np.nd
     valid = np.abs(z0) >= 4.0
     ratio = np.where(valid, z1 / np.where(valid, z0, 1), np.nan)
     re, im = np.nanmedian(ratio.real, 1), np.nanmedian(ratio.imag, 1)
-    ok = (valid.sum(1) >= 3) & np.isfinite(re) & np.isfinite(im)
+    scale = np.hypot(re, im)
+    ok = (valid.sum(1) >= 3) & np.isfinite(scale) & (scale > 0.2) & (scale < 5.0)
     A[ok] = np.stack([np.stack([re[ok], -im[ok]], -1), np.stack([im[ok], re[ok]], -1)], 1)
     return A
 
@@ -190,7 +191,14 @@ def refine_matches(
     for _ in range(conf.iterations):
         _, residual, J = linearise(active)
         Jt = J.transpose(0, 2, 1)
-        step = -np.linalg.solve(np.matmul(Jt, J) + damping, np.matmul(Jt, residual[..., None]))[..., 0]
+        H, g = np.matmul(Jt, J) + damping, np.matmul(Jt, residual[..., None])
+        ok = np.isfinite(H).all((1, 2)) & np.isfinite(g).all((1, 2))
+        t[active[~ok]] = np.nan  # diverged: rejected below
+        active, H, g = active[ok], H[ok], g[ok]
+        try:
+            step = -np.linalg.solve(H, g)[..., 0]
+        except np.linalg.LinAlgError:  # a singular system among them: least-norm steps
+            step = -np.matmul(np.linalg.pinv(H), g)[..., 0]
         t[active] += step[:, :2]
         k = 2
         if conf.affine:
@@ -201,7 +209,9 @@ def refine_matches(
             bias[active] += step[:, k + 1]
         # converged: the patch corners move by less than 1e-3 px
         moved = np.abs(step[:, :2]).max(1) + r * (np.abs(step[:, 2:6]).sum(1) if conf.affine else 0)
-        active = active[~(moved < 1e-3)]
+        far = np.abs(t[active] - p1[todo][active]).max(1) > conf.max_shift + 1
+        t[active[far]] = np.nan  # wandered off: rejected below
+        active = active[~(moved < 1e-3) & ~far]
         if len(active) == 0:
             break
 
