@@ -124,3 +124,12 @@ def test_neighbour_start_handles_a_large_scale_and_rotation_change():
     err = np.linalg.norm(seeded.points1 - truth, axis=1)
     assert seeded.refined[good].mean() > 0.8 > plain.refined[good].mean() + 0.2
     assert np.median(err[good & seeded.refined]) < 0.05
+
+
+def test_inverse_falls_back_on_singular_systems():
+    from featloc.matching.refine import _inverse
+
+    H = np.stack([np.eye(3) * 2, np.diag([1.0, 1.0, 0.0])])
+    inv = _inverse(H)
+    np.testing.assert_allclose(inv[0], np.eye(3) / 2)
+    np.testing.assert_allclose(inv[1], np.diag([1.0, 1.0, 0.0]))

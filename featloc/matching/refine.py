@@ -96,6 +96,14 @@ def _sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     return out.reshape(-1, *image.shape[2:])[:n].reshape(shape)
 
 
+def _inverse(H: np.ndarray) -> np.ndarray:
+    """Inverses of a stack of damped normal matrices; the pseudo-inverse if one is singular."""
+    try:
+        return np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(H)
+
+
 def _similarity_from_neighbours(p0: np.ndarray, p1: np.ndarray, k: int) -> np.ndarray:
     """[N, 2, 2] local similarity (scale and rotation) of each match from the displacement of
     its k nearest matches (in image 0): the component-wise median of the complex ratios
@@ -170,7 +178,7 @@ def refine_matches(
          else np.tile(np.eye(2, dtype=np.float32), (m, 1, 1)))
     gain, bias = np.ones(m, np.float32), np.zeros(m, np.float32)
     num_params = 2 + 4 * conf.affine + 2 * conf.photometric
-    damping = conf.damping * np.eye(num_params, dtype=np.float32)
+    damping = conf.damping * np.eye(num_params)
 
     def linearise(sel):
         """Warped patches, residuals and Jacobians [S, P, K] of the matches `sel`."""
@@ -191,14 +199,14 @@ def refine_matches(
     for _ in range(conf.iterations):
         _, residual, J = linearise(active)
         Jt = J.transpose(0, 2, 1)
-        H, g = np.matmul(Jt, J) + damping, np.matmul(Jt, residual[..., None])
+        # normal equations in float64: in float32 the damping vanishes beside the large
+        # intensity terms and a patch without gradient (e.g. outside image 1) is singular
+        H = np.matmul(Jt, J).astype(np.float64) + damping
+        g = np.matmul(Jt, residual[..., None]).astype(np.float64)
         ok = np.isfinite(H).all((1, 2)) & np.isfinite(g).all((1, 2))
         t[active[~ok]] = np.nan  # diverged: rejected below
         active, H, g = active[ok], H[ok], g[ok]
-        try:
-            step = -np.linalg.solve(H, g)[..., 0]
-        except np.linalg.LinAlgError:  # a singular system among them: least-norm steps
-            step = -np.matmul(np.linalg.pinv(H), g)[..., 0]
+        step = -np.matmul(_inverse(H), g)[..., 0].astype(np.float32)
         t[active] += step[:, :2]
         k = 2
         if conf.affine:
@@ -229,7 +237,7 @@ def refine_matches(
     # (zero residual, free to slide along itself) still counts as uncertain.
     dof = max(len(u) - num_params, 1)
     variance = np.maximum((residual ** 2).sum(1) / dof, conf.noise ** 2)
-    covariance = np.linalg.inv(np.matmul(J.transpose(0, 2, 1), J) + damping)[:, :2, :2]
+    covariance = _inverse(np.matmul(J.transpose(0, 2, 1), J).astype(np.float64) + damping)[:, :2, :2]
     std = np.sqrt(np.maximum(np.linalg.eigvalsh(covariance)[:, -1], 0) * variance)
     std[~finite] = np.inf
     accept = (finite & (np.linalg.norm(t - p1[todo], axis=1) <= conf.max_shift)
