@@ -73,6 +73,12 @@ def test_wrong_matches_are_rejected_and_left_unchanged():
     out = refine_matches(image0, image1, p0[far], wrong[far])
     assert out.refined.mean() < 0.1
     assert np.array_equal(out.points1[~out.refined], wrong[far][~out.refined])
+    assert out.keep.all()  # kept unless asked otherwise
+    # drop_failed: failed alignments flag wrong matches, correct ones stay
+    mixed0, mixed1 = np.concatenate([p0[far], p0]), np.concatenate([wrong[far], truth + 1.0])
+    dropped = refine_matches(image0, image1, mixed0, mixed1, {"drop_failed": True})
+    n = far.sum()
+    assert (~dropped.keep[:n]).mean() > 0.9 and dropped.keep[n:].all()
 
 
 def test_edge_cases():

@@ -353,7 +353,9 @@ def run_homography_benchmark(
                 refined = refine_matches(read_image(data_dir / pair.name0, grayscale=True),
                                          read_image(data_dir / pair.name1, grayscale=True),
                                          points0, points1, fine)
-                points1, extra = refined.points1, {"num_refined": int(refined.refined.sum())}
+                points0, points1 = points0[refined.keep], refined.points1[refined.keep]
+                extra = {"num_refined": int(refined.refined.sum()),
+                         "num_dropped": int((~refined.keep).sum())}
             metrics = evaluate_pair(points0, points1, pair.H, f0.image_size, rconf)
             metrics["repeatability"], metrics["loc_error_px"] = (None, None) if dense else \
                 detector_repeatability(best_keypoints(f0, detector_top_k),
@@ -362,7 +364,7 @@ def run_homography_benchmark(
             if not math.isfinite(metrics["H_error_px"]):
                 metrics["H_error_px"] = None  # JSON has no inf: null means failure
             records.append({**base, "digest": key, "num_keypoints0": len(f0),
-                            "num_keypoints1": len(f1), "num_matches": len(matches), **metrics,
+                            "num_keypoints1": len(f1), "num_matches": len(points0), **metrics,
                             **extra})
             computed += 1
     if missing:

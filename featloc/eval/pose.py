@@ -456,7 +456,9 @@ def run_pose_benchmark(
                 refined = refine_matches(read_image(root / v0.name, grayscale=True),
                                          read_image(root / v1.name, grayscale=True),
                                          points0, points1, fine)
-                points1, extra = refined.points1, {"num_refined": int(refined.refined.sum())}
+                points0, points1 = points0[refined.keep], refined.points1[refined.keep]
+                extra = {"num_refined": int(refined.refined.sum()),
+                         "num_dropped": int((~refined.keep).sum())}
             metrics = evaluate_pose_pair(points0, points1, K0, K1, T, rconf, epipolar_th, len(f0))
             records.append({**base, "digest": key, "num_keypoints0": len(f0),
                             "num_keypoints1": len(f1), **metrics, **extra})

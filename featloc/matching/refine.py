@@ -19,6 +19,8 @@ further than `max_shift`, its template has no texture, its template leaves image
 aligned patches correlate less than `min_ncc` (zero-normalised cross-correlation, which the
 fitted gain cannot inflate), or its position is uncertain by more than `max_std` (the
 aperture problem: a patch on a straight edge aligns equally well anywhere along it).
+A failed alignment (moved too far, diverged or correlated below `min_ncc`) is also evidence
+that the match is wrong: with `drop_failed` such matches are left out (`keep`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class RefineConf:
     noise: float = 2.0  # grey levels; floor of the intensity noise in that uncertainty
     min_contrast: float = 2.0  # template intensity std (grey levels) below which it is skipped
     damping: float = 1e-3  # Levenberg term on the normal equations (flat or edge-only patches)
+    drop_failed: bool = False  # `keep` excludes matches whose alignment failed (module doc)
 
     def __post_init__(self):
         if self.radius < 1 or self.iterations < 1:
@@ -72,12 +75,15 @@ class RefinedMatches:
     refined: [N] bool, whether the point moved; ncc: [N] float32 zero-normalised cross-correlation
     of the aligned patches (-1 where no alignment was attempted); std: [N] float32 standard
     deviation (px) of the refined position along its least certain direction (inf where not
-    attempted)."""
+    attempted); keep: [N] bool, the matches to use: all of them, or with `drop_failed` those
+    whose alignment did not fail (moved too far, diverged or correlated below `min_ncc`;
+    skipped and merely uncertain ones stay)."""
 
     points1: np.ndarray
     refined: np.ndarray
     ncc: np.ndarray
     std: np.ndarray
+    keep: np.ndarray
 
 
 def _sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -150,7 +156,7 @@ def refine_matches(
         raise ValueError(f"point counts differ: {len(p0)} vs {len(p1)}")
     n = len(p0)
     out = RefinedMatches(p1.copy(), np.zeros(n, bool), np.full(n, -1.0, np.float32),
-                         np.full(n, np.inf, np.float32))
+                         np.full(n, np.inf, np.float32), np.ones(n, bool))
     g0 = to_gray(image0).astype(np.float32)
     g1 = to_gray(image1).astype(np.float32)
     r = conf.radius
@@ -164,8 +170,8 @@ def refine_matches(
     grid = np.arange(-r, r + 1, dtype=np.float32)
     u = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2)  # [P, 2] patch offsets
     template = _sample(g0, p0[todo, None, :] + u[None])  # [M, P]
-    keep = template.std(1) >= conf.min_contrast
-    todo, template = todo[keep], template[keep]
+    textured = template.std(1) >= conf.min_contrast
+    todo, template = todo[textured], template[textured]
     m = len(todo)
     if m == 0:
         return out
@@ -240,8 +246,10 @@ def refine_matches(
     covariance = _inverse(np.matmul(J.transpose(0, 2, 1), J).astype(np.float64) + damping)[:, :2, :2]
     std = np.sqrt(np.maximum(np.linalg.eigvalsh(covariance)[:, -1], 0) * variance)
     std[~finite] = np.inf
-    accept = (finite & (np.linalg.norm(t - p1[todo], axis=1) <= conf.max_shift)
-              & (ncc >= conf.min_ncc) & (std <= conf.max_std))
+    aligned = finite & (np.linalg.norm(t - p1[todo], axis=1) <= conf.max_shift) & (ncc >= conf.min_ncc)
+    accept = aligned & (std <= conf.max_std)
+    if conf.drop_failed:
+        out.keep[todo[~aligned]] = False
     out.std[todo] = std
     out.ncc[todo] = ncc
     out.points1[todo[accept]] = t[accept]
