@@ -55,9 +55,10 @@ def test_affine_model_beats_translation_only_under_rotation():
     image0, image1, M = _warped_pair(angle_deg=20.0, scale=1.25, gain=1.0, bias=0.0)
     p0, truth = _grid_points(M)
     start = truth + np.float32([0.8, -0.6])
-    affine = refine_matches(image0, image1, p0, start, {"min_ncc": -1.0})
+    start_at_identity = {"init": "identity", "min_ncc": -1.0}
+    affine = refine_matches(image0, image1, p0, start, start_at_identity)
     translation = refine_matches(image0, image1, p0, start,
-                                 {"affine": False, "photometric": False, "min_ncc": -1.0})
+                                 {**start_at_identity, "affine": False, "photometric": False})
     err_affine = np.median(np.linalg.norm(affine.points1 - truth, axis=1))
     err_translation = np.median(np.linalg.norm(translation.points1 - truth, axis=1))
     assert err_affine < 0.05
@@ -70,13 +71,14 @@ def test_wrong_matches_are_rejected_and_left_unchanged():
     rng = np.random.default_rng(2)
     wrong = truth[rng.permutation(len(truth))]  # partners of other points, 20 px or more away
     far = np.linalg.norm(wrong - truth, axis=1) > 15
-    out = refine_matches(image0, image1, p0[far], wrong[far])
+    out = refine_matches(image0, image1, p0[far], wrong[far], {"drop_failed": False})
     assert out.refined.mean() < 0.1
     assert np.array_equal(out.points1[~out.refined], wrong[far][~out.refined])
     assert out.keep.all()  # kept unless asked otherwise
     # drop_failed: failed alignments flag wrong matches, correct ones stay
     mixed0, mixed1 = np.concatenate([p0[far], p0]), np.concatenate([wrong[far], truth + 1.0])
-    dropped = refine_matches(image0, image1, mixed0, mixed1, {"drop_failed": True})
+    dropped = refine_matches(image0, image1, mixed0, mixed1, {"drop_failed": True,
+                                                              "init": "identity"})
     n = far.sum()
     assert (~dropped.keep[:n]).mean() > 0.9 and dropped.keep[n:].all()
 
@@ -125,7 +127,7 @@ def test_neighbour_start_handles_a_large_scale_and_rotation_change():
     wrong = rng.random(len(start)) < 0.2
     start[wrong] += rng.uniform(-40, 40, (wrong.sum(), 2)).astype(np.float32)
     good = ~wrong & (np.abs(start - 160) < 140).all(1)
-    plain = refine_matches(image0, image1, p0, start)
+    plain = refine_matches(image0, image1, p0, start, {"init": "identity"})
     seeded = refine_matches(image0, image1, p0, start, {"init": "neighbours"})
     err = np.linalg.norm(seeded.points1 - truth, axis=1)
     assert seeded.refined[good].mean() > 0.8 > plain.refined[good].mean() + 0.2

@@ -36,10 +36,10 @@ from ..io.images import to_gray
 
 @dataclass(frozen=True)
 class RefineConf:
-    radius: int = 8  # template half-size (px): (2r+1)^2 samples around each image-0 point
+    radius: int = 12  # template half-size (px): (2r+1)^2 samples around each image-0 point
     iterations: int = 10  # Gauss-Newton steps
     affine: bool = True  # estimate a local affine map (False: translation only, as KLT)
-    init: str = "identity"  # start of the affine map: "identity" or "neighbours" (module doc)
+    init: str = "neighbours"  # start of the affine map: "neighbours" or "identity" (module doc)
     neighbours: int = 8  # matches around each one that the "neighbours" start uses
     photometric: bool = True  # estimate a per-match gain and bias
     max_shift: float = 3.0  # px; refinements that move the image-1 point further are rejected
@@ -48,7 +48,7 @@ class RefineConf:
     noise: float = 2.0  # grey levels; floor of the intensity noise in that uncertainty
     min_contrast: float = 2.0  # template intensity std (grey levels) below which it is skipped
     damping: float = 1e-3  # Levenberg term on the normal equations (flat or edge-only patches)
-    drop_failed: bool = False  # `keep` excludes matches whose alignment failed (module doc)
+    drop_failed: bool = True  # `keep` excludes matches whose alignment failed (module doc)
 
     def __post_init__(self):
         if self.radius < 1 or self.iterations < 1:
