@@ -36,7 +36,8 @@ from ..io.images import to_gray
 
 @dataclass(frozen=True)
 class RefineConf:
-    radius: int = 12  # template half-size (px): (2r+1)^2 samples around each image-0 point
+    radius: int = 12  # template half-size (px) around each image-0 point
+    stride: int = 1  # px between template samples: (2r/stride+1)^2 samples
     iterations: int = 10  # Gauss-Newton steps
     affine: bool = True  # estimate a local affine map (False: translation only, as KLT)
     init: str = "neighbours"  # start of the affine map: "neighbours" or "identity" (module doc)
@@ -51,6 +52,8 @@ class RefineConf:
     drop_failed: bool = True  # `keep` excludes matches whose alignment failed (module doc)
 
     def __post_init__(self):
+        if self.stride < 1 or self.radius % self.stride:
+            raise ValueError(f"stride must be >= 1 and divide radius, got {self.stride}, {self.radius}")
         if self.radius < 1 or self.iterations < 1:
             raise ValueError(f"radius and iterations must be >= 1, got {self.radius}, "
                              f"{self.iterations}")
@@ -167,7 +170,7 @@ def refine_matches(
     if len(todo) == 0:
         return out
 
-    grid = np.arange(-r, r + 1, dtype=np.float32)
+    grid = np.arange(-r, r + 1, conf.stride, dtype=np.float32)
     u = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2)  # [P, 2] patch offsets
     template = _sample(g0, p0[todo, None, :] + u[None])  # [M, P]
     textured = template.std(1) >= conf.min_contrast
