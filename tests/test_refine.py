@@ -134,6 +134,25 @@ def test_neighbour_start_handles_a_large_scale_and_rotation_change():
     assert np.median(err[good & seeded.refined]) < 0.05
 
 
+def test_neighbour_similarity():
+    """The start map is the neighbours' scale and rotation, and the identity where too few
+    neighbours are far enough apart (no warning for them)."""
+    import warnings
+
+    from featloc.matching.refine import _similarity_from_neighbours
+
+    rng = np.random.default_rng(0)
+    p0 = rng.uniform(0, 200, (40, 2))
+    R = 1.5 * np.array([[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]])
+    A = _similarity_from_neighbours(p0, p0 @ R.T + 7, 8)
+    np.testing.assert_allclose(A, np.broadcast_to(R, A.shape), atol=1e-5)
+    clustered = np.zeros((6, 2))  # no neighbour 4 px away or more
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        A = _similarity_from_neighbours(clustered, clustered + 1, 8)
+    np.testing.assert_allclose(A, np.broadcast_to(np.eye(2), (6, 2, 2)))
+
+
 def test_inverse_falls_back_on_singular_systems():
     from featloc.matching.refine import _inverse
 

@@ -129,10 +129,12 @@ def _similarity_from_neighbours(p0: np.ndarray, p1: np.ndarray, k: int) -> np.nd
     z0 = (p0[index, 0] - p0[:, None, 0]) + 1j * (p0[index, 1] - p0[:, None, 1])
     z1 = (p1[index, 0] - p1[:, None, 0]) + 1j * (p1[index, 1] - p1[:, None, 1])
     valid = np.abs(z0) >= 4.0
-    ratio = np.where(valid, z1 / np.where(valid, z0, 1), np.nan)
-    re, im = np.nanmedian(ratio.real, 1), np.nanmedian(ratio.imag, 1)
+    enough = valid.sum(1) >= 3
+    ratio = np.where(valid, z1 / np.where(valid, z0, 1), np.nan)[enough]
+    re, im = np.zeros(n), np.zeros(n)
+    re[enough], im[enough] = np.nanmedian(ratio.real, 1), np.nanmedian(ratio.imag, 1)
     scale = np.hypot(re, im)
-    ok = (valid.sum(1) >= 3) & np.isfinite(scale) & (scale > 0.2) & (scale < 5.0)
+    ok = enough & np.isfinite(scale) & (scale > 0.2) & (scale < 5.0)
     A[ok] = np.stack([np.stack([re[ok], -im[ok]], -1), np.stack([im[ok], re[ok]], -1)], 1)
     return A
 
