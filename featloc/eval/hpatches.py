@@ -291,7 +291,9 @@ def run_homography_benchmark(
         detector_top_k: repeatability and localisation error on each image's k best keypoints
             by score (SuperPoint's protocol); 0: on all of them. Matching always uses all.
         refine: `RefineConf` overrides to refine the matches (`featloc.matching.refine`)
-            before MMA and estimation ({}: the defaults); None: the published protocol.
+            before MMA and estimation ({}: the defaults; matches whose alignment failed are
+            left out, so MMA and #matches are over the kept ones); None: the published
+            protocol.
     Returns:
         The summary (also written to summary.json); see `summarize` for the metric keys.
     """

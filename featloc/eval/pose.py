@@ -27,7 +27,9 @@ epipolar error (`sym_epipolar_error`, normalised coordinates) below 5e-4 (ScanNe
 for MegaDepth); matching score = correct matches / keypoints of image 0.
 
 Optional (`refine`, not part of the published protocols): each pair's matched image-1 points
-are moved by `featloc.matching.refine` before estimation; the summary then says so.
+are moved by `featloc.matching.refine` before estimation, and matches whose alignment failed
+are left out (its `drop_failed`); precision and counts are then over the kept matches, and the
+summary says so.
 """
 
 from __future__ import annotations
