@@ -161,6 +161,28 @@ def test_localize_most_queries(scenes, loc_map, tmp_path):
     assert good.num_inliers == int(good.inlier_mask.sum()) >= 12 and good.db_names
 
 
+def test_localize_with_refined_matches(scenes, loc_map, tmp_path):
+    """refine_matches moves the query points by patch alignment to their database points:
+    the queries stay localized and the poses get closer to the truth; the in-memory
+    localizer gives the same pose; a map of a detector-free matcher refuses the option."""
+    from featloc.io.images import read_image
+    from featloc.loc.localize import Localizer
+
+    query_dir, cameras = read_query_cameras(kapture=scenes / "q" / "kapture")
+    plain_out, plain = run_localize(loc_map, query_dir, cameras, tmp_path / "plain.txt")
+    out, results = run_localize(loc_map, query_dir, cameras, tmp_path / "poses.txt",
+                                conf={"refine_matches": True})
+    before = evaluate_poses(plain_out, scenes / "q" / "kapture")
+    after = evaluate_poses(out, scenes / "q" / "kapture")
+    assert after["recall"]["0.25m_2deg"] >= before["recall"]["0.25m_2deg"]
+    assert after["median_t_error_localized"] < before["median_t_error_localized"]
+    name = next(n for n, r in results.items() if r.localized)
+    with Localizer(loc_map, {"refine_matches": True}) as localizer:
+        again = localizer.localize_image(read_image(query_dir / name), cameras[name])
+    assert "refine_s" in again.info["timings"]
+    assert np.allclose(again.cam_from_world.t, results[name].cam_from_world.t, atol=1e-6)
+
+
 def test_localize_cli_blank_query_is_unlocalized(scenes, loc_map, tmp_path):
     # hloc-style query list: two real queries and a blank image that cannot match.
     qdir = tmp_path / "queries"

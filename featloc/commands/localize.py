@@ -36,6 +36,10 @@ def add_parser(sub, formatter):
     p.add_argument("--assign-px", type=float, default=2.0,
                    help="maps of a detector-free matcher: a database point takes the nearest map "
                    "keypoint within this radius (px)")
+    p.add_argument("--refine-matches", action="store_true",
+                   help="move each matched query point to sub-pixel accuracy by patch alignment "
+                   "with its database point before PnP (featloc.matching.refine; maps of local "
+                   "features; needs the map's database images)")
     p.add_argument("--work", type=Path, default=None,
                    help="cache folder (default: OUTPUT_STEM-work next to OUTPUT)")
     p.add_argument("--log", type=Path, default=None, help="JSON log (default: OUTPUT_STEM.log.json)")
@@ -50,6 +54,6 @@ def run(args) -> int:
     query_dir, cameras = read_query_cameras(args.kapture_queries, args.queries, args.query_images)
     conf = {"num_loc": args.num_loc, "ransac_max_error_px": args.ransac_th_px,
             "min_inliers": args.min_inliers, "fallback": args.fallback, "index": args.index,
-            "assign_px": args.assign_px}
+            "assign_px": args.assign_px, "refine_matches": args.refine_matches}
     _, results = run_localize(args.map, query_dir, cameras, args.output, args.work, conf, args.log)
     return 1 if any(r.info.get("failed") for r in results.values()) else 0

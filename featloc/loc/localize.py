@@ -9,6 +9,10 @@ correspondences (query keypoint -> database keypoint -> 3D point id; duplicates 
 keypoint, one keypoint may link to several points), then P3P LO-RANSAC (12 px by default)
 and non-linear refinement with the query's known intrinsics
 (`pycolmap_api.estimate_absolute_pose`). The result is a `featloc.types.LocResult`.
+With `refine_matches` (sparse maps), each matched query point is first moved to where the
+patch around its database keypoint aligns (`featloc.matching.refine`: the database point
+stays, since its 3D point is tied to it), failed alignments are dropped, and a query keypoint
+matched to one 3D point through several database images takes the mean of its refined points.
 
 Outputs: `poses.txt` with `name qw qx qy qz tx ty tz` (cam_from_world; names as under the
 query folder) for localized queries; each query without a pose is written as a comment
@@ -23,7 +27,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +46,9 @@ from ..io.colmap import (
     to_colmap_pixels,
 )
 from ..io.h5 import FeatureStore, MatchStore
+from ..io.images import ImageReadError, read_image
 from ..match_dense import is_dense_matcher, points_to_reference, run_match_to_reference
+from ..matching.refine import RefinedMatches, refine_matches
 from ..progress import track
 from ..types import Features, LocResult, Matches
 from .cache import extract_features, match_pairs, matches_file
@@ -72,6 +78,9 @@ class LocConf:
     seed: int = 0  # RANSAC seed
     # detector-free maps: a database point takes the map keypoint nearest to it within this
     assign_px: float = 2.0
+    # move each matched query point to where its database point's patch aligns
+    # (featloc.matching.refine, default settings; sparse maps, needs the database images)
+    refine_matches: bool = False
 
     def __post_init__(self):
         if self.fallback not in FALLBACKS:
@@ -87,19 +96,30 @@ def _as_colmap_camera(camera: Camera | ColmapCamera) -> ColmapCamera:
 
 
 def gather_correspondences(
-    loaded: LoadedMap, matches: Mapping[str, Matches]
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    loaded: LoadedMap, matches: Mapping[str, Matches],
+    refined: Mapping[str, RefinedMatches] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None]:
     """2D-3D correspondences from query-to-database matches.
 
-    Returns [K] query keypoint indices, [K] 3D point rows (of `loaded.points_xyz`), and the
-    database images that contributed.
+    `refined` (optional, by database image): the refinement of that image's matches in the
+    order of `m.indices()`, with the query as image 1.
+
+    Returns [K] query keypoint indices, [K] 3D point rows (of `loaded.points_xyz`), the
+    database images that contributed, and with `refined` the [K, 2] refined query points
+    (mean over the database images that gave the same keypoint-point link; else None).
     """
-    kp, rows, used = [], [], []
+    kp, rows, points, used = [], [], [], []
     for name, m in matches.items():
         ids = loaded.point3D_ids.get(name)
         if ids is None:
             continue
         idx = m.indices()
+        xy = None
+        if refined is not None:
+            if name not in refined:
+                continue
+            keep = refined[name].keep
+            idx, xy = idx[keep], refined[name].points1[keep]
         if not len(idx):
             continue
         pid = ids[idx[:, 1]]
@@ -108,10 +128,48 @@ def gather_correspondences(
             used.append(name)
             kp.append(idx[ok, 0])
             rows.append(loaded.point_rows[pid[ok]])
+            if xy is not None:
+                points.append(xy[ok])
     if not kp:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), []
-    pairs = np.unique(np.stack([np.concatenate(kp), np.concatenate(rows)], 1), axis=0)
-    return pairs[:, 0], pairs[:, 1], used
+        empty = np.zeros(0, np.int64)
+        return empty, empty, [], None if refined is None else np.zeros((0, 2), np.float32)
+    pairs, inverse = np.unique(np.stack([np.concatenate(kp), np.concatenate(rows)], 1), axis=0,
+                               return_inverse=True)
+    if refined is None:
+        return pairs[:, 0], pairs[:, 1], used, None
+    inverse = inverse.reshape(-1)
+    total = np.zeros((len(pairs), 2))
+    np.add.at(total, inverse, np.concatenate(points))
+    mean = total / np.bincount(inverse, minlength=len(pairs))[:, None]
+    return pairs[:, 0], pairs[:, 1], used, mean.astype(np.float32)
+
+
+def refine_query_matches(
+    query_image: np.ndarray,
+    query_features: Features,
+    matches: Mapping[str, Matches],
+    db_image: Callable[[str], np.ndarray],
+    db_features: Callable[[str], Features],
+) -> dict[str, RefinedMatches]:
+    """Sub-pixel refinement of each database image's matches (`featloc.matching.refine`,
+    default settings): the database keypoint stays and the query point moves."""
+    out = {}
+    for name, m in matches.items():
+        idx = m.indices()
+        if not len(idx):
+            continue
+        points = query_features.keypoints[idx[:, 0]]
+        try:
+            image = db_image(name)
+        except ImageReadError as exc:  # keep this image's matches as they are
+            logger.warning("%s; its matches are not refined", exc)
+            n = len(idx)
+            out[name] = RefinedMatches(points, np.zeros(n, bool), np.full(n, -1.0, np.float32),
+                                       np.full(n, np.inf, np.float32), np.ones(n, bool))
+            continue
+        out[name] = refine_matches(image, query_image, db_features(name).keypoints[idx[:, 1]],
+                                   points)
+    return out
 
 
 def localize_from_matches(
@@ -120,17 +178,21 @@ def localize_from_matches(
     camera: Camera | ColmapCamera,
     matches: Mapping[str, Matches],
     conf: LocConf | None = None,
+    refined: Mapping[str, RefinedMatches] | None = None,
 ) -> LocResult:
-    """Absolute pose of one query from its matches to database images (by name)."""
+    """Absolute pose of one query from its matches to database images (by name);
+    `refined`: their sub-pixel refinement (`refine_query_matches`)."""
     conf = conf or LocConf()
-    kp, rows, used = gather_correspondences(loaded, matches)
+    kp, rows, used, points = gather_correspondences(loaded, matches, refined)
+    if points is None:
+        points = query_features.keypoints[kp]
     info = {"num_correspondences": int(len(kp)), "num_db_with_points": len(used),
             "ransac_max_error_px": conf.ransac_max_error_px}
     if len(kp) < max(4, conf.min_inliers):
         return LocResult(Pose.identity(), 0, np.zeros(len(kp), bool), used, False,
                          {**info, "reason": f"{len(kp)} 2D-3D correspondences"})
     result = pycolmap_api.estimate_absolute_pose(
-        to_colmap_pixels(query_features.keypoints[kp]), loaded.points_xyz[rows],
+        to_colmap_pixels(points), loaded.points_xyz[rows],
         _as_colmap_camera(camera), conf.ransac_max_error_px, seed=conf.seed, refine=conf.refine)
     if result is None:
         return LocResult(Pose.identity(), 0, np.zeros(len(kp), bool), used, False,
@@ -142,14 +204,25 @@ def localize_from_matches(
                      True, info)
 
 
-def _database_dir(loaded: LoadedMap) -> Path:
-    """The map's database images, which a detector-free matcher needs at localization time."""
+def _database_dir(loaded: LoadedMap, why: str | None = None) -> Path:
+    """The map's database images, which a detector-free matcher and the match refinement
+    need at localization time."""
     image_dir = Path(loaded.info["image_dir"])
     if not image_dir.is_dir():
-        raise MapError(f"{loaded.root}: the database images ({image_dir}) are needed to match "
-                       f"queries with {loaded.info['matcher']!r} (a detector-free matcher) but "
+        why = why or f"to match queries with {loaded.info['matcher']!r} (a detector-free matcher)"
+        raise MapError(f"{loaded.root}: the database images ({image_dir}) are needed {why} but "
                        "are not there")
     return image_dir
+
+
+def _check_refine(conf: LocConf, loaded: LoadedMap, dense: bool) -> Path | None:
+    """The database image folder when `conf.refine_matches` applies (None otherwise)."""
+    if not conf.refine_matches:
+        return None
+    if dense:
+        raise ValueError("refine_matches applies to maps of local features; a detector-free "
+                         f"matcher ({loaded.info['matcher']!r}) gives its own points")
+    return _database_dir(loaded, "to refine the matches (refine_matches)")
 
 
 class _FeatureReader:
@@ -206,6 +279,7 @@ class Localizer:
         else:
             self.extractor = build("extractor", info["features"], **info["extractor_conf"])
             self.matcher = build("matcher", info["matcher"], **info["matcher_conf"])
+        self.refine_dir = _check_refine(self.conf, self.map, self.dense)
         self.global_model = build_global(info["global"], info["global_conf"])
         if self.global_model.needs_fit:
             self.global_model.load_state(dict(np.load(self.map.global_state)))
@@ -252,8 +326,15 @@ class Localizer:
             matches = {n: self.matcher.match(feats, self.db_features[n]) for n, _ in hits
                        if n in self.db_features}
         timings["matching_s"] = time.perf_counter() - tic
+        refined = None
+        if self.refine_dir is not None:
+            tic = time.perf_counter()
+            refined = refine_query_matches(
+                image, feats, matches, lambda n: read_image(self.refine_dir / n, grayscale=True),
+                self.db_features.__getitem__)
+            timings["refine_s"] = time.perf_counter() - tic
         tic = time.perf_counter()
-        result = localize_from_matches(self.map, feats, camera, matches, self.conf)
+        result = localize_from_matches(self.map, feats, camera, matches, self.conf, refined)
         timings["pnp_s"] = time.perf_counter() - tic
         result.info.update(timings=timings, retrieved=[n for n, _ in hits])
         return result
@@ -309,6 +390,7 @@ def run_localize(
     check_map_features(loaded, db_names[:3])
 
     dense = is_dense_matcher(info["matcher"])
+    refine_dir = _check_refine(conf, loaded, dense)
     if dense:  # query keypoints come from the dense matches (below)
         q_report = BatchReport("extract (dense)")
     else:
@@ -335,6 +417,7 @@ def run_localize(
     failed = {**q_report.failures, **q_global.report.failures}
     results: dict[str, LocResult] = {}
     records, lines, comments = [], [], []
+    db_store = FeatureStore(loaded.features_path, "r") if refine_dir is not None else None
     with FeatureStore(q_feats, "r") as qstore, MatchStore(matches_path, "r") as mstore:
         for name in track(names, desc="localize"):
             record = {"query": name}
@@ -346,7 +429,10 @@ def run_localize(
                 fq = qstore.read(name)
                 matches = {d: mstore.read(name, d, len(fq)) for d, _ in retrieved[name]
                            if mstore.has_pair(name, d)}
-                result = localize_from_matches(loaded, fq, cameras[name], matches, conf)
+                refined = None if refine_dir is None else refine_query_matches(
+                    read_image(query_dir / name, grayscale=True), fq, matches,
+                    lambda n: read_image(refine_dir / n, grayscale=True), db_store.read)
+                result = localize_from_matches(loaded, fq, cameras[name], matches, conf, refined)
                 record.update(retrieved=[[d, round(s, 4)] for d, s in retrieved[name]],
                               num_matches={d: len(m) for d, m in matches.items()})
                 if not result.localized and conf.fallback == "retrieval" and retrieved[name]:
@@ -363,6 +449,8 @@ def run_localize(
                 lines.append(format_pose_line(name, result.cam_from_world))
             else:
                 comments.append(f"# unlocalized: {name} ({result.info.get('reason', '')})")
+    if db_store is not None:
+        db_store.close()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_text("".join(f"{line}\n" for line in lines + comments), encoding="utf-8")
