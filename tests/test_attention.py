@@ -551,6 +551,8 @@ def test_speed_benchmark_matcher_mode(sift_weights, tmp_path, capsys):
     assert result["refine"] == {}
     assert row["attention"]["num_keypoints"] == [64, 64] and row["attention"]["layers"] == 2
     assert "| 64 (64/64) | attention |" in capsys.readouterr().out
+    # outside the matcher mode, --refine has nothing to time: a clear error, not ignored
+    assert main(["--quiet", "benchmark", "speed", "--features", "sift", "--refine"]) == 2
 
 
 def test_pair_cache_follows_the_extractor_weights(image_dir, tmp_path):

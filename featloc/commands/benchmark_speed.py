@@ -55,6 +55,9 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if common.refine_conf(args) is not None and not args.matchers:
+        raise ValueError("--refine / --refine-conf time the refinement of matches: use them with "
+                         "--matchers")
     width, height = (int(v) for v in args.size.lower().split("x"))
     images = None
     if args.images:
