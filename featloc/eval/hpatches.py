@@ -42,10 +42,10 @@ from ..geometry.estimators import RansacConf, estimate_homography, ransac_conf
 from ..geometry.homography import homography_corner_error, warp_points
 from ..geometry.metrics import error_auc
 from ..io.h5 import FeatureStore, MatchStore
-from ..io.images import IMAGE_EXTENSIONS, read_image
+from ..io.images import IMAGE_EXTENSIONS
 from ..match import run_match
 from ..match_dense import is_dense_matcher, run_dense_step
-from ..matching.refine import refine_conf, refine_matches
+from ..matching.refine import refine_conf, refine_from_files
 from ..progress import track
 from .report import load_cached_records, write_json
 
@@ -352,12 +352,9 @@ def run_homography_benchmark(
             points0, points1 = matches.matched_points(f0, f1)
             extra = {}
             if fine is not None:
-                refined = refine_matches(read_image(data_dir / pair.name0, grayscale=True),
-                                         read_image(data_dir / pair.name1, grayscale=True),
-                                         points0, points1, fine)
-                points0, points1 = points0[refined.keep], refined.points1[refined.keep]
-                extra = {"num_refined": int(refined.refined.sum()),
-                         "num_dropped": int((~refined.keep).sum())}
+                points0, points1, extra = refine_from_files(data_dir / pair.name0,
+                                                            data_dir / pair.name1,
+                                                            points0, points1, fine)
             metrics = evaluate_pair(points0, points1, pair.H, f0.image_size, rconf)
             metrics["repeatability"], metrics["loc_error_px"] = (None, None) if dense else \
                 detector_repeatability(best_keypoints(f0, detector_top_k),

@@ -57,7 +57,7 @@ from ..io.h5 import FeatureStore, MatchStore
 from ..io.images import ImageReadError, read_image, resize_image, write_image
 from ..match import run_match
 from ..match_dense import is_dense_matcher, run_dense_step
-from ..matching.refine import refine_conf, refine_matches
+from ..matching.refine import refine_conf, refine_from_files
 from ..progress import track
 from .report import (
     RESULTS,
@@ -455,12 +455,8 @@ def run_pose_benchmark(
             points0, points1 = matches.matched_points(f0, f1)
             extra = {}
             if fine is not None:
-                refined = refine_matches(read_image(root / v0.name, grayscale=True),
-                                         read_image(root / v1.name, grayscale=True),
-                                         points0, points1, fine)
-                points0, points1 = points0[refined.keep], refined.points1[refined.keep]
-                extra = {"num_refined": int(refined.refined.sum()),
-                         "num_dropped": int((~refined.keep).sum())}
+                points0, points1, extra = refine_from_files(root / v0.name, root / v1.name,
+                                                            points0, points1, fine)
             metrics = evaluate_pose_pair(points0, points1, K0, K1, T, rconf, epipolar_th, len(f0))
             records.append({**base, "digest": key, "num_keypoints0": len(f0),
                             "num_keypoints1": len(f1), **metrics, **extra})

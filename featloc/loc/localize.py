@@ -28,6 +28,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,9 +164,7 @@ def refine_query_matches(
             image = db_image(name)
         except ImageReadError as exc:  # keep this image's matches as they are
             logger.warning("%s; its matches are not refined", exc)
-            n = len(idx)
-            out[name] = RefinedMatches(points, np.zeros(n, bool), np.full(n, -1.0, np.float32),
-                                       np.full(n, np.inf, np.float32), np.ones(n, bool))
+            out[name] = RefinedMatches.unrefined(points)
             continue
         out[name] = refine_matches(image, query_image, db_features(name).keypoints[idx[:, 1]],
                                    points)
@@ -417,8 +416,9 @@ def run_localize(
     failed = {**q_report.failures, **q_global.report.failures}
     results: dict[str, LocResult] = {}
     records, lines, comments = [], [], []
-    db_store = FeatureStore(loaded.features_path, "r") if refine_dir is not None else None
-    with FeatureStore(q_feats, "r") as qstore, MatchStore(matches_path, "r") as mstore:
+    with FeatureStore(q_feats, "r") as qstore, MatchStore(matches_path, "r") as mstore, \
+            (nullcontext() if refine_dir is None
+             else FeatureStore(loaded.features_path, "r")) as db_store:
         for name in track(names, desc="localize"):
             record = {"query": name}
             if name not in retrieved or name not in qstore:
@@ -449,8 +449,6 @@ def run_localize(
                 lines.append(format_pose_line(name, result.cam_from_world))
             else:
                 comments.append(f"# unlocalized: {name} ({result.info.get('reason', '')})")
-    if db_store is not None:
-        db_store.close()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_text("".join(f"{line}\n" for line in lines + comments), encoding="utf-8")

@@ -26,12 +26,13 @@ that the match is wrong: with `drop_failed` such matches are left out (`keep`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..config import make_conf
-from ..io.images import to_gray
+from ..io.images import read_image, to_gray
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,13 @@ class RefinedMatches:
     ncc: np.ndarray
     std: np.ndarray
     keep: np.ndarray
+
+    @classmethod
+    def unrefined(cls, points1: np.ndarray) -> RefinedMatches:
+        """The matches as they are: nothing attempted, everything kept."""
+        n = len(points1)
+        return cls(np.asarray(points1, np.float32).reshape(-1, 2).copy(), np.zeros(n, bool),
+                   np.full(n, -1.0, np.float32), np.full(n, np.inf, np.float32), np.ones(n, bool))
 
 
 def _sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -159,9 +167,7 @@ def refine_matches(
     p1 = np.asarray(points1, np.float32).reshape(-1, 2)
     if len(p0) != len(p1):
         raise ValueError(f"point counts differ: {len(p0)} vs {len(p1)}")
-    n = len(p0)
-    out = RefinedMatches(p1.copy(), np.zeros(n, bool), np.full(n, -1.0, np.float32),
-                         np.full(n, np.inf, np.float32), np.ones(n, bool))
+    out = RefinedMatches.unrefined(p1)
     g0 = to_gray(image0).astype(np.float32)
     g1 = to_gray(image1).astype(np.float32)
     r = conf.radius
@@ -260,3 +266,15 @@ def refine_matches(
     out.points1[todo[accept]] = t[accept]
     out.refined[todo[accept]] = True
     return out
+
+
+def refine_from_files(
+    path0: str | Path, path1: str | Path, points0: np.ndarray, points1: np.ndarray,
+    conf: RefineConf | dict | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """`refine_matches` on two image files, as the benchmarks use it: the kept matches' points
+    (image 0, refined image 1) and their counts (`num_refined`, `num_dropped`)."""
+    refined = refine_matches(read_image(path0, grayscale=True), read_image(path1, grayscale=True),
+                             points0, points1, conf)
+    counts = {"num_refined": int(refined.refined.sum()), "num_dropped": int((~refined.keep).sum())}
+    return np.asarray(points0)[refined.keep], refined.points1[refined.keep], counts
