@@ -488,6 +488,53 @@ def test_label_cache_digest_unchanged_without_subpixel(tmp_path):
     assert refined != plain and '"subpixel": true' in (refined / "settings.json").read_text()
 
 
+def test_label_cache_digest_unchanged_by_later_fields_at_defaults(tmp_path):
+    """`weights` and `normalise_percentile` at their defaults keep old cache names valid."""
+    from featloc.train.labels import LabelConf, build_labels
+
+    class Images:
+        digest, keys = "x", []
+
+    assert build_labels(Images(), LabelConf(weights="", normalise_percentile=99.9),
+                        tmp_path).root.name == "labels-91d7bfb4fa19"
+    assert build_labels(Images(), LabelConf(normalise_percentile=100),
+                        tmp_path).root.name != "labels-91d7bfb4fa19"
+    with pytest.raises(ValueError, match="normalise_percentile"):
+        LabelConf(normalise_percentile=0)
+    with pytest.raises(ValueError, match="num_homographies"):
+        LabelConf(num_homographies=0)
+
+
+def test_samfeat_teacher_labels_are_its_own_detections():
+    """With the identity warp only, a SAMFeat teacher's labels are the keypoints its extractor
+    finds at the same threshold and NMS radius (the shipped samfeat-lite weights)."""
+    from featloc.features.samfeat import SAMFeat, SAMFeatConf
+    from featloc.train.labels import LabelConf, build_detector, label_image
+
+    # gray (the labels are computed on gray images), sides multiples of 16 (no resize)
+    image = cv2.cvtColor(_texture(np.random.default_rng(3), 192, 256), cv2.COLOR_RGB2GRAY)
+    extractor = SAMFeat(SAMFeatConf(arch="lite", subpixel=False, detection_threshold=0.5,
+                                    max_num_keypoints=0))
+    prob = extractor.score_map(image)
+    assert prob.shape == image.shape[:2] and prob.dtype == np.float32
+    assert 0 <= prob.min() and prob.max() <= 1
+    assert extractor.score_map(image[:100, :150]).shape == (100, 150)  # resized back
+    conf = LabelConf(detector="samfeat-lite", num_homographies=1, threshold=0.5,
+                     normalise_percentile=100, top_k=0, image_border_px=4, nms_radius=4)
+    np.testing.assert_allclose(build_detector(conf)(image.astype(np.float32) / 255), prob,
+                               atol=1e-6)
+    labels = label_image(image, conf)[:, :2]
+    keypoints = extractor.extract(image).keypoints
+    assert len(labels) > 50
+    # every label is a detection; the extractor's iterative NMS (SuperPoint's) also restores
+    # maxima whose suppressor was itself suppressed, so it finds more
+    found = np.linalg.norm(labels[:, None] - keypoints[None], axis=-1).min(1) < 1e-3
+    assert found.mean() > 0.95
+    assert 0.6 < len(labels) / len(keypoints) <= 1
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        build_detector(LabelConf(detector="samfeat", weights="missing.pt"))
+
+
 def test_reprojection_term_is_optional_and_logged(image_dir, tmp_path):
     from torch.utils.data import default_collate
 

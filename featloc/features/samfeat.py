@@ -360,22 +360,42 @@ class SAMFeat(Extractor):
         with torch.autocast(self._device.type, torch.bfloat16, enabled=bf16):
             return self.net(x)
 
-    def _run(self, batch: np.ndarray, infos) -> list[Features]:
-        torch = self._torch
+    def _scores(self, out: dict, size: tuple[int, int]):
+        """The detection logits [B, H, W] that keypoints are selected from (network pixels)."""
         import torch.nn.functional as F
 
+        scores = out["logits"][:, 0].float()
+        if self.conf.add_edge_to_logits:
+            edge = F.interpolate(out["edge"].float(), size=size, mode="bilinear",
+                                 align_corners=False)
+            scores = scores + edge[:, 0]
+        return scores.contiguous()
+
+    def score_map(self, image: np.ndarray) -> np.ndarray:
+        """Dense detection probability [H, W] float32 of one image, in its own pixels.
+
+        sigmoid of the logits that `extract` thresholds (with the edge map for vgg), at the
+        network's single scale, resized back with the pixel-centre convention. Used as a
+        teacher response for pseudo-labels (`featloc.train.labels`) and for pictures.
+        """
+        torch = self._torch
+        array, _, (w, h) = self._prepare(image)
+        with torch.inference_mode():
+            out = self._forward(array[None])
+            prob = torch.sigmoid(self._scores(out, array.shape[:2]))[0].cpu().numpy()
+        if prob.shape != (h, w):
+            prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+        return prob.astype(np.float32)
+
+    def _run(self, batch: np.ndarray, infos) -> list[Features]:
+        torch = self._torch
         from ..models.samfeat import detect_keypoints, logit, sample_descriptors
 
         conf = self.conf
         h, w = batch.shape[1:3]
         with torch.inference_mode():
             out = self._forward(batch)
-            scores = out["logits"][:, 0].float()
-            if conf.add_edge_to_logits:
-                edge = F.interpolate(out["edge"].float(), size=(h, w), mode="bilinear",
-                                     align_corners=False)
-                scores = scores + edge[:, 0]
-            scores = scores.contiguous()
+            scores = self._scores(out, (h, w))
             detections = detect_keypoints(
                 scores,
                 logit(conf.detection_threshold),

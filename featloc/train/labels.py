@@ -10,7 +10,8 @@ localisation error against 0.59 px refined on held-out pairs, scripts/label_loca
 
 The teacher is a `ResponseDetector`: any callable mapping a gray float32 image in [0, 1] to a
 non-negative response map of the same size. Classical ones (Shi-Tomasi, Harris, DoG) are built
-in; a bootstrap network can be added with `register_detector`.
+in, and so are the project's trained SAMFeat networks ("samfeat", "samfeat-lite": their detection
+probability, `SAMFeat.score_map`); others can be added with `register_detector`.
 
 Labels are computed once per (image, settings) and cached as one `.npy` per image holding
 [K, 3] float32 rows (x, y, score) in the pixels of the cached training image. The computation
@@ -58,8 +59,22 @@ class LabelConf:
     top_k: int = 1000  # keep at most this many labels per image; <= 0: all
     image_border_px: int = 4  # no labels this close to the image border
     subpixel: bool = False  # refine each maximum by a per-axis parabola (module docstring)
+    # detector "samfeat" / "samfeat-lite": a trained SAMFeat network as the teacher (its
+    # detection probability); weights file, "": the shipped one
+    weights: str = ""
+    # each warp's response is divided by this percentile of itself and clipped to [0, 1]; a
+    # peaky teacher with many strong maxima (a network's probability) wants 100, or its best
+    # peaks become flat plateaus
+    normalise_percentile: float = 99.9
     seed: int = 0  # homography stream of the adaptation
     homography: HomographyConf = field(default_factory=_adaptation_homographies)
+
+    def __post_init__(self):
+        if self.num_homographies < 1:
+            raise ValueError(f"labels.num_homographies must be >= 1, got {self.num_homographies}")
+        if not 0 < self.normalise_percentile <= 100:
+            raise ValueError("labels.normalise_percentile must be in (0, 100], got "
+                             f"{self.normalise_percentile}")
 
 
 def _shi_tomasi(conf: LabelConf) -> ResponseDetector:
@@ -78,10 +93,23 @@ def _dog(conf: LabelConf) -> ResponseDetector:
     return response
 
 
+def _samfeat(arch: str) -> Callable[[LabelConf], ResponseDetector]:
+    # A network trained in the project as the teacher (the issue's "bootstrap model"): its
+    # homographic adaptation over a wide scale range gives positions that hold across scales.
+    def factory(conf: LabelConf) -> ResponseDetector:
+        from ..features.samfeat import SAMFeat, SAMFeatConf
+
+        extractor = SAMFeat(SAMFeatConf(arch=arch, weights=conf.weights, resize_max=0))
+        return lambda gray: extractor.score_map(gray)
+    return factory
+
+
 _DETECTORS: dict[str, Callable[[LabelConf], ResponseDetector]] = {
     "shi_tomasi": _shi_tomasi,
     "harris": _harris,
     "dog": _dog,
+    "samfeat": _samfeat("vgg"),
+    "samfeat-lite": _samfeat("lite"),
 }
 
 
@@ -96,11 +124,11 @@ def build_detector(conf: LabelConf) -> ResponseDetector:
     return _DETECTORS[conf.detector](conf)
 
 
-def _normalise(response: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _normalise(response: np.ndarray, mask: np.ndarray, percentile: float = 99.9) -> np.ndarray:
     values = response[mask > 0]
     if values.size == 0:
         return np.zeros_like(response)
-    scale = float(np.percentile(values, 99.9))
+    scale = float(np.percentile(values, percentile))
     return np.clip(response / scale, 0, 1) if scale > 0 else np.zeros_like(response)
 
 
@@ -121,7 +149,8 @@ def aggregate_response(
         mask = cv2.warpPerspective(ones, H, (w, h), flags=cv2.INTER_NEAREST)
         if i > 0 and conf.border_erode_px > 0:
             mask = cv2.erode(mask, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=1)
-        response = _normalise(np.asarray(detector(warped), np.float32), mask) * mask
+        response = _normalise(np.asarray(detector(warped), np.float32), mask,
+                              conf.normalise_percentile) * mask
         H_inv = np.linalg.inv(H)
         total += cv2.warpPerspective(response, H_inv, (w, h), flags=cv2.INTER_LINEAR)
         count += cv2.warpPerspective(mask, H_inv, (w, h), flags=cv2.INTER_LINEAR)
@@ -174,6 +203,10 @@ def label_image(image: np.ndarray, conf: LabelConf, seed_key: int = 0,
     return select_keypoints(aggregate_response(image, detector, conf, rng), conf)
 
 
+# Fields added after label caches existed: left out of the cache digest at their defaults.
+_LATER_FIELDS = {"subpixel": False, "weights": "", "normalise_percentile": 99.9}
+
+
 class LabelStore:
     """The cached pseudo-labels of an `ImageCache` (one .npy per image)."""
 
@@ -190,8 +223,9 @@ class LabelStore:
 def build_labels(images: ImageCache, conf: LabelConf, cache_dir: str | Path) -> LabelStore:
     """Compute (or reuse) the labels of every cached image; resumable."""
     settings = dataclasses.asdict(conf)
-    if not conf.subpixel:  # the digest of label caches made before the option existed
-        settings.pop("subpixel")
+    for name, default in _LATER_FIELDS.items():
+        if settings[name] == default:  # the digest of label caches made before the option
+            settings.pop(name)
     root = Path(cache_dir) / f"labels-{digest({'images': images.digest, 'conf': settings})}"
     root.mkdir(parents=True, exist_ok=True)
     (root / "settings.json").write_text(json.dumps(settings, indent=1))
