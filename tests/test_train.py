@@ -503,6 +503,8 @@ def test_label_cache_digest_unchanged_by_later_fields_at_defaults(tmp_path):
         LabelConf(normalise_percentile=0)
     with pytest.raises(ValueError, match="num_homographies"):
         LabelConf(num_homographies=0)
+    with pytest.raises(ValueError, match="network teacher"):
+        LabelConf(detector="harris", weights="net.pt")
 
 
 def test_samfeat_teacher_labels_are_its_own_detections():

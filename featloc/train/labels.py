@@ -72,6 +72,8 @@ class LabelConf:
     def __post_init__(self):
         if self.num_homographies < 1:
             raise ValueError(f"labels.num_homographies must be >= 1, got {self.num_homographies}")
+        if self.weights and self.detector in ("shi_tomasi", "harris", "dog"):
+            raise ValueError(f"labels.weights is for a network teacher, not {self.detector!r}")
         if not 0 < self.normalise_percentile <= 100:
             raise ValueError("labels.normalise_percentile must be in (0, 100], got "
                              f"{self.normalise_percentile}")
@@ -94,8 +96,8 @@ def _dog(conf: LabelConf) -> ResponseDetector:
 
 
 def _samfeat(arch: str) -> Callable[[LabelConf], ResponseDetector]:
-    # A network trained in the project as the teacher (the "bootstrap model"): its
-    # homographic adaptation over a wide scale range gives positions that hold across scales.
+    # A network trained in the project as the teacher (a "bootstrap model", methods 1.12.3);
+    # it sees the gray warps like the classical teachers.
     def factory(conf: LabelConf) -> ResponseDetector:
         from ..features.samfeat import SAMFeat, SAMFeatConf
 
