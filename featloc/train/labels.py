@@ -102,7 +102,7 @@ def _samfeat(arch: str) -> Callable[[LabelConf], ResponseDetector]:
         from ..features.samfeat import SAMFeat, SAMFeatConf
 
         extractor = SAMFeat(SAMFeatConf(arch=arch, weights=conf.weights, resize_max=0))
-        return lambda gray: extractor.score_map(gray)
+        return extractor.score_map
     return factory
 
 
