@@ -373,10 +373,32 @@ def test_init_from_starts_a_new_run_from_a_checkpoint(straight_run, image_dir, t
     assert any(not torch.equal(fresh[k], loaded[k]) for k in learned)
     with pytest.raises(FileNotFoundError, match="init_from"):
         train(SMOKE, _overrides(image_dir, tmp_path / "b", f"train.init_from={tmp_path / 'no'}"))
-    torch.save({"state_dict": {}}, tmp_path / "exported.pt")
-    with pytest.raises(ValueError, match="not a training checkpoint"):
+    torch.save({"state_dict": {}}, tmp_path / "empty.pt")
+    with pytest.raises(ValueError, match="nor exported weights"):
         train(SMOKE, _overrides(image_dir, tmp_path / "c",
-                                f"train.init_from={tmp_path / 'exported.pt'}"))
+                                f"train.init_from={tmp_path / 'empty.pt'}"))
+    torch.save({"state_dict": {"other.weight": torch.zeros(2)}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="does not fit"):
+        train(SMOKE, _overrides(image_dir, tmp_path / "d",
+                                f"train.init_from={tmp_path / 'other.pt'}"))
+
+
+def test_init_from_exported_weights(straight_run, image_dir, tmp_path):
+    """Fine-tuning shipped weights: the exported fp16 file seeds a new run in float32."""
+    from featloc.train.trainer import train
+
+    shutil.copytree(straight_run / "cache", tmp_path / "cache")
+    exported = straight_run / "run" / "samfeat.pt"
+    blob = torch.load(exported, weights_only=True)
+    assert any(v.dtype == torch.float16 for v in blob["state_dict"].values())
+    train(SMOKE, _overrides(image_dir, tmp_path, f"train.init_from={exported}", "train.steps=1",
+                            "optim.lr=0", "optim.warmup_steps=0"))
+    tuned = _params(tmp_path / "run" / "ckpt_00000001.pt")
+    learned = [k for k in blob["state_dict"] if "running" not in k and "num_batches" not in k]
+    assert learned
+    for key in learned:
+        assert tuned[key].dtype == torch.float32
+        assert torch.equal(tuned[key], blob["state_dict"][key].float()), key
 
 
 def test_export_only_from_the_latest_checkpoint(straight_run, image_dir, tmp_path):

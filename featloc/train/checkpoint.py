@@ -90,8 +90,9 @@ def load_latest(directory: str | Path, map_location="cpu") -> tuple[dict, Path] 
 
 
 def load_model_state(source: str | Path, map_location="cpu") -> tuple[dict, Path]:
-    """Model parameters to fine-tune from: a checkpoint file, or a run folder's newest
-    checkpoint. Returns (state_dict, checkpoint path)."""
+    """Model parameters to fine-tune from: a checkpoint file, a run folder's newest
+    checkpoint, or exported inference weights (`{"net_conf", "state_dict"}`, e.g. a shipped
+    featloc/weights/*.pt; fp16 values come back as float32). Returns (state_dict, path)."""
     source = Path(source)
     if source.is_dir():
         found = load_latest(source, map_location)
@@ -102,7 +103,11 @@ def load_model_state(source: str | Path, map_location="cpu") -> tuple[dict, Path
         ckpt, path = torch.load(source, map_location=map_location, weights_only=False), source
     else:
         raise FileNotFoundError(f"train.init_from: {source} does not exist")
+    if isinstance(ckpt, dict) and "model" not in ckpt and ckpt.get("state_dict"):
+        # exported weights: stored in fp16 to stay small, trained on in float32
+        return {k: v.float() if v.is_floating_point() else v
+                for k, v in ckpt["state_dict"].items()}, path
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"train.init_from: {path} is not a training checkpoint (ckpt_<step>.pt "
-                         "of `featloc train`)")
+        raise ValueError(f"train.init_from: {path} is neither a training checkpoint (ckpt_<step>.pt "
+                         "of `featloc train`) nor exported weights")
     return ckpt["model"], path

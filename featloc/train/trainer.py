@@ -68,6 +68,8 @@ def train(config_path: str | Path | None, overrides: list[str] | None = None,
             missing, unexpected = model.load_state_dict(state, strict=False)
             if unexpected:
                 raise RuntimeError(f"unexpected keys {unexpected}")
+            if len(missing) == len(model.state_dict()):
+                raise RuntimeError("it holds none of this model's parameters")
         except RuntimeError as exc:
             raise ValueError(f"train.init_from: {path} does not fit this model (is model.* the "
                              f"same as in its run?): {exc}") from exc
