@@ -597,6 +597,21 @@ def test_speed_benchmark_times_a_weights_file_beside_sift(tmp_path):
     assert set(result["results"]) == {"sift", "samfeat-lite"}
     assert result["extractor_conf"]["weights"] == str(path)
     assert f"weights={path}" in (tmp_path / "out" / "speed.md").read_text()
+    # the CPU decides samfeat-lite's default precision: every result records it
+    assert isinstance(result["machine"]["native_bfloat16"], bool) and result["machine"]["cpu"]
+    assert "native bfloat16" in (tmp_path / "out" / "speed.md").read_text()
+
+
+def test_extractors_are_timed_in_turn():
+    """One call of each function per round, so a slow spell hits every extractor alike."""
+    from featloc.eval.speed import interleaved_median_times
+
+    calls = []
+    fns = {name: (lambda n=name: calls.append(n) or n.upper()) for name in ("sift", "lite")}
+    timed = interleaved_median_times(fns, repeats=3, warmup=1)
+    assert calls == ["sift", "lite"] * 4
+    assert {name: out for name, (_, out) in timed.items()} == {"sift": "SIFT", "lite": "LITE"}
+    assert all(seconds >= 0 for seconds, _ in timed.values())
 
 
 @pytest.mark.parametrize("options", [{}, {"lite_channels": (32, 32, 64, 96), "lite_fine_channels": 4,

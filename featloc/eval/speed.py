@@ -33,14 +33,46 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tupl
     return statistics.median(times), out
 
 
+def interleaved_median_times(fns: dict[str, Callable[[], object]], repeats: int,
+                             warmup: int = 2) -> dict[str, tuple[float, object]]:
+    """`median_time` for several functions timed in turn, one call of each per round: a slow
+    spell of a shared machine then falls on all of them alike instead of on whichever was
+    being timed, so their ratios hold from run to run."""
+    outs = {name: None for name in fns}
+    for _ in range(warmup):
+        for name, fn in fns.items():
+            outs[name] = fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), outs[name]) for name in fns}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
 
 def _machine() -> dict:
     import os
 
     import torch
 
+    from ..features.samfeat import native_bfloat16
+
+    # the CPU decides samfeat-lite's precision="auto" (bfloat16 only where it is native),
+    # so timings and features from two machines are only comparable with these beside them
     return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform()}
+            "platform": platform.platform(), "cpu": _cpu_model(),
+            "native_bfloat16": native_bfloat16(torch.device("cpu"))}
 
 
 def _write(output: str | Path | None, stem: str, result: dict, table: str) -> None:
@@ -90,11 +122,14 @@ def run_speed_benchmark(
         image0, image1 = images
     names = list(dict.fromkeys([baseline, *features]))
     model = build("matcher", matcher)
+    extractors = {name: build("extractor", name, max_num_keypoints=max_num_keypoints,
+                              **({} if name == baseline else dict(extractor_conf or {})))
+                  for name in names}
+    extraction = interleaved_median_times(
+        {name: (lambda e=e: e.extract(image0)) for name, e in extractors.items()}, repeats)
     rows = {}
-    for name in names:
-        conf = {} if name == baseline else dict(extractor_conf or {})
-        extractor = build("extractor", name, max_num_keypoints=max_num_keypoints, **conf)
-        t_extract, f0 = median_time(lambda e=extractor: e.extract(image0), repeats)
+    for name, extractor in extractors.items():
+        t_extract, f0 = extraction[name]
         f1 = extractor.extract(image1)
         t_match, matches = median_time(lambda a=f0, b=f1: model.match(a, b), repeats)
         p0, p1 = matches.matched_points(f0, f1)
@@ -136,10 +171,14 @@ def run_speed_benchmark(
 
 def speed_table(result: dict) -> str:
     w, h = result["image_size"]
+    machine = result.get("machine", {})
+    cpu = (f"; {machine['cpu']}, native bfloat16: {'yes' if machine['native_bfloat16'] else 'no'}"
+           if "cpu" in machine else "")
     lines = [
         f"Median wall-clock time, {w}x{h}, {result['repeats']} runs, matcher "
         f"`{result['matcher']}`, up to {result['max_num_keypoints']} keypoints"
-        + "".join(f", {k}={v}" for k, v in result.get("extractor_conf", {}).items()),
+        + "".join(f", {k}={v}" for k, v in result.get("extractor_conf", {}).items())
+        + f"; extraction timed in turn with the baseline{cpu}",
         "",
         "| features | extract (ms/image) | vs " + result["baseline"] + " | match (ms) | "
         "homography (ms) | whole pair (ms) | keypoints | matches | inliers |",
