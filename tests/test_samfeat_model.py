@@ -516,6 +516,47 @@ def test_onnx_backend_agrees_with_torch(arch, lite_net, vgg_net):
     _agree(a, b)
 
 
+def test_sparse_descriptors_are_the_dense_ones_at_the_points(lite_net, vgg_net):
+    """The 1x1 descriptor head applied to N sampled features gives what sampling the dense
+    desc_map gives, also at and beyond the border (border padding: the bias commutes)."""
+    from featloc.models.samfeat import sample_descriptors
+
+    torch.manual_seed(1)
+    image = torch.rand(2, 3, 64, 96) * 2 - 1
+    points = torch.rand(2, 50, 2) * torch.tensor([96.0, 64.0])
+    points[:, :4] = torch.tensor([[-3.0, -3.0], [95.5, 63.5], [0.0, 30.0], [100.0, 70.0]])
+    with torch.inference_mode():
+        dense = lite_net(image)
+        sparse = lite_net(image, dense_descriptors=False)
+    assert "feature" in sparse and "desc_map" not in sparse and "weight_map" not in sparse
+    torch.testing.assert_close(sparse["logits"], dense["logits"])
+    expected, _ = sample_descriptors(dense["desc_map"], dense["weight_map"], points, (64, 96))
+    got = lite_net.descriptors_at(sparse["feature"], points, (64, 96))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="1x1"):
+        vgg_net(image[:, :, :, :64], dense_descriptors=False)
+
+
+def test_extractor_uses_sparse_descriptors_only_where_exact(lite_net, vgg_net):
+    assert _extractor(lite_net, precision="float32")._sparse_descriptors
+    assert not _extractor(lite_net, precision="bfloat16")._sparse_descriptors
+    assert not _extractor(lite_net, precision="float32",
+                          descriptor_output="weighted")._sparse_descriptors
+    assert not _extractor(vgg_net)._sparse_descriptors
+    image = _texture(64, 96, 5)
+    conf = {"detection_threshold": 0.01, "max_num_keypoints": 200, "precision": "float32"}
+    sparse = _extractor(lite_net, **conf)
+    dense = _extractor(lite_net, **conf)
+    dense._sparse_descriptors = False
+    batch = sparse._prepare(image)[0][None]
+    with torch.inference_mode():
+        assert "feature" in sparse._forward(batch) and "desc_map" in dense._forward(batch)
+    a, b = sparse.extract(image), dense.extract(image)
+    assert len(a) > 20
+    np.testing.assert_array_equal(a.keypoints, b.keypoints)
+    np.testing.assert_allclose(a.descriptors, b.descriptors, atol=1e-5)
+
+
 def test_onnx_export_dynamic_size_and_cli(lite_net, tmp_path):
     import onnx
     import onnxruntime as ort

@@ -202,6 +202,12 @@ class SAMFeat(Extractor):
         for p in self.net.parameters():
             p.requires_grad_(False)
         self._device = torch.device(conf.device)
+        # float32 unit descriptors of a 1x1 head: computed at the keypoints, not over the
+        # whole map (the same values to 1e-6; bfloat16 keeps the dense head, whose rounding
+        # the published figures were measured with, and is fast where it is chosen)
+        self._sparse_descriptors = (conf.descriptor_output == "unit"
+                                    and self.conf.precision == "float32"
+                                    and getattr(self.net, "sparse_descriptors", False))
         self._session = None
         if conf.backend == "onnx":
             self._session = self._onnx_session()
@@ -210,6 +216,12 @@ class SAMFeat(Extractor):
             if self._device.type == "cpu":
                 # oneDNN convolutions are much faster in channels-last layout (2-20x in bf16).
                 self.net.to(memory_format=torch.channels_last)
+
+    @property
+    def _graph_kwargs(self) -> dict:
+        """Options of the network's forward pass (and of the onnx backend's graph; the
+        default, dense graph is `featloc export-onnx`'s)."""
+        return {"dense_descriptors": False} if self._sparse_descriptors else {}
 
     @staticmethod
     def _validate(conf: SAMFeatConf) -> None:
@@ -248,7 +260,7 @@ class SAMFeat(Extractor):
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     tmp = path.with_suffix(f".tmp{os.getpid()}")
-                    tmp.write_bytes(export_onnx_bytes(self.net, ONNX_OPSET))
+                    tmp.write_bytes(export_onnx_bytes(self.net, ONNX_OPSET, **self._graph_kwargs))
                     os.replace(tmp, path)  # atomic: concurrent processes never see half a file
                     logger.info("exported %s to %s", self.weights_file, path)
                 except OSError as exc:
@@ -257,7 +269,7 @@ class SAMFeat(Extractor):
             if path.is_file():
                 model = str(path)
         if model is None:  # an in-memory network (tests) or no cache: nothing written to disk
-            model = export_onnx_bytes(self.net, ONNX_OPSET)
+            model = export_onnx_bytes(self.net, ONNX_OPSET, **self._graph_kwargs)
         options = ort.SessionOptions()
         options.intra_op_num_threads = _num_cores()
         # Without this the ORT threads spin after each run and steal the CPU from the torch
@@ -273,7 +285,7 @@ class SAMFeat(Extractor):
 
         digest = hashlib.sha256(self.weights_file.read_bytes())
         meta = {"net": dataclasses.asdict(self.net.conf), "opset": ONNX_OPSET,
-                "torch": self._torch.__version__, "ort": ort.__version__}
+                "torch": self._torch.__version__, "ort": ort.__version__, **self._graph_kwargs}
         digest.update(json.dumps(meta, sort_keys=True).encode())
         stem = self.weights_file.stem
         return cache_dir(self.conf.onnx_cache_dir) / "onnx" / f"{stem}-{digest.hexdigest()[:16]}.onnx"
@@ -341,24 +353,24 @@ class SAMFeat(Extractor):
         """uint8 [B, H, W, 3] -> network outputs (torch tensors, CPU or device).
 
         Only what the post-processing reads is converted: float32 logits (and edge map);
-        the descriptor and weight maps keep the network's dtype and layout, since sampling
-        touches only N points of them.
+        the descriptor and weight maps (or, for sparse descriptors, the feature map) keep the
+        network's dtype and layout, since sampling touches only N points of them.
         """
         torch = self._torch
-        from ..models.samfeat import OUTPUT_KEYS
 
         # [B, H, W, 3] permuted to [B, 3, H, W] is already channels-last in memory.
         x = torch.from_numpy(batch).permute(0, 3, 1, 2)
         if self._session is not None:
             x = x.float().mul_(2.0 / 255).sub_(1.0).contiguous().numpy()
-            values = self._session.run(list(OUTPUT_KEYS), {"image": x})
-            return {k: torch.from_numpy(v) for k, v in zip(OUTPUT_KEYS, values, strict=True)}
+            keys = [o.name for o in self._session.get_outputs()]
+            values = self._session.run(keys, {"image": x})
+            return {k: torch.from_numpy(v) for k, v in zip(keys, values, strict=True)}
         x = x.to(self._device).float().mul_(2.0 / 255).sub_(1.0)
         if self._device.type != "cpu":
             x = x.contiguous()
         bf16 = self.conf.precision == "bfloat16"
         with torch.autocast(self._device.type, torch.bfloat16, enabled=bf16):
-            return self.net(x)
+            return self.net(x, **self._graph_kwargs)
 
     def _scores(self, out: dict, size: tuple[int, int]):
         """The detection logits [B, H, W] that keypoints are selected from (network pixels)."""
@@ -407,12 +419,16 @@ class SAMFeat(Extractor):
             )
             results = []
             for i, ((keypoints, kp_logits), (scale, size)) in enumerate(zip(detections, infos, strict=True)):
-                desc, weights = sample_descriptors(
-                    out["desc_map"][i:i + 1], out["weight_map"][i:i + 1], keypoints[None], (h, w)
-                )
-                desc = desc[0].float()
-                if conf.descriptor_output == "weighted":
-                    desc = desc * weights[0, :, None].float()
+                if "feature" in out:  # unit descriptors computed at the keypoints only
+                    desc = self.net.descriptors_at(out["feature"][i:i + 1], keypoints[None],
+                                                   (h, w))[0]
+                else:
+                    desc, weights = sample_descriptors(
+                        out["desc_map"][i:i + 1], out["weight_map"][i:i + 1], keypoints[None],
+                        (h, w))
+                    desc = desc[0].float()
+                    if conf.descriptor_output == "weighted":
+                        desc = desc * weights[0, :, None].float()
                 xy = keypoints.cpu().numpy()
                 # network pixels -> original pixels (pixel centres at integers)
                 xy = (xy + 0.5) / np.asarray(scale, np.float32) - 0.5

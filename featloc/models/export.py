@@ -26,27 +26,29 @@ _TRACE_HW = (64, 96)
 class _TupleOutputs(nn.Module):
     """Wrap a dict-returning network so that the graph outputs follow a fixed key order."""
 
-    def __init__(self, net: nn.Module, keys: tuple[str, ...]):
+    def __init__(self, net: nn.Module, keys: tuple[str, ...], forward_kwargs: dict):
         super().__init__()
-        self.net, self.keys = net, keys
+        self.net, self.keys, self.forward_kwargs = net, keys, forward_kwargs
 
     def forward(self, image):
-        out = self.net(image)
+        out = self.net(image, **self.forward_kwargs)
         return tuple(out[k] for k in self.keys)
 
 
-def _output_keys(net: nn.Module) -> tuple[str, ...]:
+def _output_keys(net: nn.Module, forward_kwargs: dict) -> tuple[str, ...]:
     with torch.inference_mode():
-        out = net(torch.zeros(1, 3, *_TRACE_HW))
+        out = net(torch.zeros(1, 3, *_TRACE_HW), **forward_kwargs)
     if not isinstance(out, dict):
         raise TypeError(f"expected a network returning a dict, got {type(out).__name__}")
     return tuple(out)
 
 
-def export_onnx_bytes(net: nn.Module, opset: int = 17) -> bytes:
-    """The ONNX graph of `net` (float32, CPU, eval mode) as bytes."""
+def export_onnx_bytes(net: nn.Module, opset: int = 17, **forward_kwargs) -> bytes:
+    """The ONNX graph of `net` (float32, CPU, eval mode) as bytes; `forward_kwargs` go to
+    `net.forward` (e.g. SAMFeat's `dense_descriptors=False`: the graph the extractor's onnx
+    backend runs for unit descriptors)."""
     net = copy.deepcopy(net).float().cpu().eval().to(memory_format=torch.contiguous_format)
-    keys = _output_keys(net)
+    keys = _output_keys(net, forward_kwargs)
     dynamic = {"image": {0: "batch", 2: "height", 3: "width"}}
     dynamic.update({k: {0: "batch", 2: f"{k}_height", 3: f"{k}_width"} for k in keys})
     buffer = io.BytesIO()
@@ -55,7 +57,7 @@ def export_onnx_bytes(net: nn.Module, opset: int = 17) -> bytes:
         # deprecation; the export is checked against torch by the tests.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _TupleOutputs(net, keys),
+            _TupleOutputs(net, keys, forward_kwargs),
             (torch.zeros(1, 3, *_TRACE_HW),),
             buffer,
             input_names=["image"],
