@@ -22,7 +22,9 @@ from featloc.geometry.metrics import error_auc
 
 def _errors(folder: Path) -> dict[tuple[str, str], float]:
     pairs = json.loads((folder / "results.json").read_text())["pairs"]
-    return {(p["name0"], p["name1"]): float(p["pose_error_deg"]) for p in pairs}
+    # a failed pair (no pose) counts as an infinite error, as in the benchmark's AUC
+    return {(p["name0"], p["name1"]): float("inf") if p["pose_error_deg"] is None
+            else float(p["pose_error_deg"]) for p in pairs}
 
 
 def _auc10(errors: np.ndarray) -> float:

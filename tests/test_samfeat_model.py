@@ -529,25 +529,12 @@ def test_sparse_descriptors_are_the_dense_ones_at_the_points(lite_net, vgg_net):
         dense = lite_net(image)
         sparse = lite_net(image, dense_descriptors=False)
     assert "feature" in sparse and "desc_map" not in sparse and "weight_map" not in sparse
-    assert "eag" in sparse  # the attention's coarse output, upsampled only at the points
     torch.testing.assert_close(sparse["logits"], dense["logits"])
     expected, _ = sample_descriptors(dense["desc_map"], dense["weight_map"], points, (64, 96))
-    got = lite_net.descriptors_at(sparse, points, (64, 96))
+    got = lite_net.descriptors_at(sparse["feature"], points, (64, 96))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="1x1"):
         vgg_net(image[:, :, :, :64], dense_descriptors=False)
-
-
-def test_sample_upsampled_reads_the_resized_map_at_points():
-    from featloc.models.samfeat import sample_upsampled
-
-    torch.manual_seed(2)
-    coarse = torch.randn(2, 6, 5, 7)
-    points = torch.rand(2, 40, 2) * torch.tensor([92.0, 68.0]) - 2  # some outside the image
-    dense = F.interpolate(coarse, size=(17, 23), mode="bilinear", align_corners=False)
-    expected = bilinear_sample(dense, points, (64, 90))
-    torch.testing.assert_close(sample_upsampled(coarse, (17, 23), points, (64, 90)), expected,
-                               atol=1e-5, rtol=1e-5)
 
 
 def test_extractor_uses_sparse_descriptors_only_where_exact(lite_net, vgg_net):

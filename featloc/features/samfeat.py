@@ -420,8 +420,8 @@ class SAMFeat(Extractor):
             results = []
             for i, ((keypoints, kp_logits), (scale, size)) in enumerate(zip(detections, infos, strict=True)):
                 if "feature" in out:  # unit descriptors computed at the keypoints only
-                    one = {k: v[i:i + 1] for k, v in out.items() if k in ("feature", "eag")}
-                    desc = self.net.descriptors_at(one, keypoints[None], (h, w))[0]
+                    desc = self.net.descriptors_at(out["feature"][i:i + 1], keypoints[None],
+                                                   (h, w))[0]
                 else:
                     desc, weights = sample_descriptors(
                         out["desc_map"][i:i + 1], out["weight_map"][i:i + 1], keypoints[None],

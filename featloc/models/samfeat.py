@@ -161,25 +161,11 @@ class EdgeAttention(nn.Module):
         self.value = nn.Conv2d(dim, dim, 1)
 
     def forward(self, feature: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
+        gated = feature * edge
         if self.mode == "row_official":
-            gated = feature * edge
             q, k, v = self.query(gated), self.key(gated), self.value(gated)
             attn = torch.softmax(q @ k.transpose(-1, -2) * ROW_ATTENTION_SCALE, dim=-1)
             return feature + attn @ v
-        out = self.attend(feature, edge)
-        if self.query_pool > 1:  # in place on the fresh upsampled map (saves an allocation)
-            return _resize(out, feature).add_(feature)
-        return feature + out
-
-    @property
-    def pooled_queries(self) -> bool:
-        """Whether the output is F + up(attend(F, E)) with a coarser `attend` map."""
-        return self.mode == "spatial" and self.query_pool > 1
-
-    def attend(self, feature: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
-        """The spatial attention's output [B, C, h / query_pool, w / query_pool], before it is
-        upsampled and added to `feature`."""
-        gated = feature * edge
         # 1x1 convs commute with average pooling, so pool first (cheaper).
         fq = F.avg_pool2d(gated, self.query_pool) if self.query_pool > 1 else gated
         fkv = (F.avg_pool2d(gated, self.kv_pool, ceil_mode=True)
@@ -194,7 +180,10 @@ class EdgeAttention(nn.Module):
             out = torch.softmax(qt @ k.transpose(-1, -2) * scale, dim=-1) @ v
         # [B, heads, L, C/heads] -> [B, C, h, w] (channels-last memory, like the convs)
         out = out.transpose(1, 2).flatten(2)
-        return out.reshape(q.shape[0], q.shape[2], q.shape[3], q.shape[1]).permute(0, 3, 1, 2)
+        out = out.reshape(q.shape[0], q.shape[2], q.shape[3], q.shape[1]).permute(0, 3, 1, 2)
+        if self.query_pool > 1:  # in place on the fresh upsampled map (saves an allocation)
+            return _resize(out, feature).add_(feature)
+        return feature + out
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         # [B, C, h, w] -> [B, heads, h*w, C/heads]
@@ -230,20 +219,17 @@ class _Heads(nn.Module):
         descriptor head is a 1x1 conv, which commutes with bilinear sampling (lite)."""
         return self.descriptor_head.kernel_size == (1, 1)
 
-    def descriptors_at(self, out: dict[str, torch.Tensor], points: torch.Tensor,
+    def descriptors_at(self, feature: torch.Tensor, points: torch.Tensor,
                        image_hw: tuple[int, int]) -> torch.Tensor:
-        """Unit descriptors [B, N, D] float32 at image points [B, N, 2] from the output of
+        """Unit descriptors [B, N, D] float32 at image points [B, N, 2] from the `feature` of
         `forward(image, dense_descriptors=False)`: the values `sample_descriptors` reads off
         the dense desc_map, for N points instead of every cell of the map (border padding
         keeps the bilinear weights summing to 1, so the bias commutes too)."""
         if not self.sparse_descriptors:
             raise ValueError("descriptors_at needs a 1x1 descriptor head (samfeat-lite)")
-        feature = bilinear_sample(out["feature"], points, image_hw)
-        if "eag" in out:  # F' = F + up(attention), the upsampled term read at the points only
-            feature = feature + sample_upsampled(out["eag"], out["feature"].shape[-2:], points,
-                                                 image_hw)
         head = self.descriptor_head
-        raw = F.linear(feature, head.weight.float().flatten(1), head.bias.float())
+        raw = F.linear(bilinear_sample(feature, points, image_hw), head.weight.float().flatten(1),
+                       head.bias.float())
         return F.normalize(raw, p=2, dim=-1, eps=1e-8)
 
     def _heads(self, c1, c2, c3, c4, feature, distill,
@@ -262,19 +248,14 @@ class _Heads(nn.Module):
             + _resize(a[2] * self.heatmap3(c3).float(), s1)
             + _resize(a[3] * self.heatmap4(c4).float(), s1)
         )
-        if not dense_descriptors:
-            # inference with unit descriptors: neither map, nor the upsampled attention, is
-            # needed at every cell (`descriptors_at`); 14 % of lite's float32 extraction
-            if not self.sparse_descriptors:
-                raise ValueError("dense_descriptors=False needs a 1x1 descriptor head")
-            out = {"logits": logits, "feature": feature, "distill": distill, "edge": edge}
-            if self.eag and self.edge_attention.pooled_queries:
-                out["eag"] = self.edge_attention.attend(feature, edge)
-            elif self.eag:
-                out["feature"] = self.edge_attention(feature, edge)
-            return out
         if self.eag:
             feature = self.edge_attention(feature, edge)
+        if not dense_descriptors:
+            # inference with unit descriptors: neither map is needed at every cell
+            # (`descriptors_at`); 12 % of lite's float32 forward pass at 640x480
+            if not self.sparse_descriptors:
+                raise ValueError("dense_descriptors=False needs a 1x1 descriptor head")
+            return {"logits": logits, "feature": feature, "distill": distill, "edge": edge}
         weight_map = F.softplus(self.weight_head(_channel_mean(feature)))
         desc_map = self.descriptor_head(feature)
         return {
@@ -562,27 +543,6 @@ def bilinear_sample(maps: torch.Tensor, points: torch.Tensor,
     index = index + (torch.arange(b, device=maps.device) * (hm * wm))[:, None, None]
     values = rows.index_select(0, index.reshape(-1)).reshape(*index.shape, c)
     v00, v01, v10, v11 = values.float().unbind(1)
-    top = v00 + (v01 - v00) * wx
-    bottom = v10 + (v11 - v10) * wx
-    return top + (bottom - top) * wy
-
-
-def sample_upsampled(coarse: torch.Tensor, map_hw: tuple[int, int], points: torch.Tensor,
-                     image_hw: tuple[int, int]) -> torch.Tensor:
-    """`bilinear_sample` of `F.interpolate(coarse, map_hw, mode="bilinear",
-    align_corners=False)` at image points, [B, N, C] float32, without the upsampled map: the 4
-    cells of the h x w map around each point are read off `coarse` (the same clamped
-    pixel-centre mapping as the resize)."""
-    hm, wm = map_hw
-    xy = points_to_map(points.float(), image_hw, map_hw)
-    x = xy[..., 0].clamp(0, wm - 1)
-    y = xy[..., 1].clamp(0, hm - 1)
-    x0, y0 = x.floor(), y.floor()
-    wx, wy = (x - x0)[..., None], (y - y0)[..., None]
-    x1, y1 = (x0 + 1).clamp(max=wm - 1), (y0 + 1).clamp(max=hm - 1)
-    cells = torch.stack([torch.stack(c, -1) for c in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))], 1)
-    values = bilinear_sample(coarse, cells.flatten(1, 2), map_hw).unflatten(1, (4, -1))
-    v00, v01, v10, v11 = values.unbind(1)
     top = v00 + (v01 - v00) * wx
     bottom = v10 + (v11 - v10) * wx
     return top + (bottom - top) * wy
