@@ -69,3 +69,24 @@ def test_matcher_conf_is_validated():
         featloc.load_matcher("nn", ratio_thresold=0.8)
     with pytest.raises(ValueError, match="unknown matcher"):
         featloc.load_matcher("nope")
+
+
+@pytest.mark.parametrize("n1", [255, 256, 512])
+def test_mutual_nn_agrees_with_brute_force_at_padded_sizes(n1):
+    """Rows a multiple of 256 apart get a padded cost buffer (a cache-conflict fix): the
+    matches must be those of a plain distance matrix."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(n1)
+    d0 = rng.standard_normal((300, 16)).astype(np.float32)
+    d1 = rng.standard_normal((n1, 16)).astype(np.float32)
+    dist = cdist(d0, d1)
+    nn01, nn10 = dist.argmin(1), dist.argmin(0)
+    expected = np.where(nn10[nn01] == np.arange(300), nn01, -1)
+    m, s = nearest_neighbor_match(d0, d1, mutual_check=True)
+    np.testing.assert_array_equal(m, expected)
+    np.testing.assert_allclose(s[m >= 0], 1 / (1 + dist[m >= 0, m[m >= 0]]), rtol=1e-4)
+    m_dot, _ = nearest_neighbor_match(d0, d1, metric="dot")
+    sim = d0.astype(np.float64) @ d1.T
+    nn01, nn10 = sim.argmax(1), sim.argmax(0)
+    np.testing.assert_array_equal(m_dot, np.where(nn10[nn01] == np.arange(300), nn01, -1))

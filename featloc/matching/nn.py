@@ -13,6 +13,16 @@ from ..types import UNMATCHED, Features, Matches
 from .base import Matcher, MatcherConf
 
 
+def _cost_buffer(n0: int, n1: int) -> np.ndarray:
+    """An empty [n0, n1] float32 cost matrix. With rows a multiple of 1 KB apart (n1 = 1024,
+    2048: the usual keypoint caps) numpy's column-wise argmin, the mutual check, maps every
+    row to the same cache sets and runs 5x slower (35 against 7 ms at 2048 x 2048 here), so
+    such rows get 16 floats of padding."""
+    if n1 % 256:
+        return np.empty((n0, n1), np.float32)
+    return np.empty((n0, n1 + 16), np.float32)[:, :n1]
+
+
 def nearest_neighbor_match(
     desc0: np.ndarray,
     desc1: np.ndarray,
@@ -41,15 +51,19 @@ def nearest_neighbor_match(
         return matches0, scores0
     desc0 = np.asarray(desc0, np.float32)
     desc1 = np.asarray(desc1, np.float32)
+    if metric not in ("l2", "dot"):
+        raise ValueError(f"unknown metric {metric!r} (l2 or dot)")
     sim = desc0 @ desc1.T
+    cost = _cost_buffer(n0, n1)
     if metric == "dot":
-        cost = -sim
-    elif metric == "l2":
+        np.negative(sim, out=cost)
+    else:  # squared distances, (|a|^2 + |b|^2) - 2 a.b, computed in place
         sq0 = np.einsum("ij,ij->i", desc0, desc0)
         sq1 = np.einsum("ij,ij->i", desc1, desc1)
-        cost = np.maximum(sq0[:, None] + sq1[None] - 2 * sim, 0)  # squared distances
-    else:
-        raise ValueError(f"unknown metric {metric!r} (l2 or dot)")
+        np.add(sq0[:, None], sq1[None], out=cost)
+        sim *= 2
+        cost -= sim
+        np.maximum(cost, 0, out=cost)
     del sim
     rows = np.arange(n0)
     nn01 = np.argmin(cost, axis=1)
