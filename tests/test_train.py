@@ -646,3 +646,19 @@ def test_detector_branch_fine_tune_keeps_the_descriptors(image_dir, tmp_path, mo
     with pytest.raises(ValueError, match="does not fit"):  # unexpected keys stay an error
         train(SMOKE, _overrides(image_dir, tmp_path / "c", "train.steps=1",
                                 f"train.init_from={tmp_path / 'b' / 'run' / 'ckpt_00000002.pt'}"))
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_warns(monkeypatch, caplog):
+    from featloc.features import samfeat as features
+    from featloc.train.loop import make_scaler
+
+    monkeypatch.setattr(features, "native_bfloat16", lambda device: False)
+    with caplog.at_level("WARNING"):
+        make_scaler(torch.device("cpu"), "bf16")
+    assert "train.precision=fp32" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(features, "native_bfloat16", lambda device: True)
+    with caplog.at_level("WARNING"):
+        make_scaler(torch.device("cpu"), "bf16")
+        make_scaler(torch.device("cpu"), "fp32")
+    assert "train.precision=fp32" not in caplog.text
