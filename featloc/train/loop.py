@@ -52,7 +52,7 @@ def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
 
         if not native_bfloat16(device):
             # measured on a 2-core AVX2 CPU: the attention recipe at 1024 keypoints did not
-            # log its first 20 steps in 10 minutes under bf16, against 17 s per step in fp32
+            # log its first 20 steps in 10 minutes under bf16, against 17-21 s per step in fp32
             logger.warning("this CPU has no native bfloat16 (AVX-512 BF16 or AMX): bf16 autocast "
                            "is emulated and slower than float32 here; pass train.precision=fp32")
     return torch.amp.GradScaler(device.type, enabled=enabled)
