@@ -640,6 +640,7 @@ def test_speed_benchmark_times_a_weights_file_beside_sift(tmp_path):
     assert f"weights={path}" in (tmp_path / "out" / "speed.md").read_text()
     # the CPU decides samfeat-lite's default precision: every result records it
     assert isinstance(result["machine"]["native_bfloat16"], bool) and result["machine"]["cpu"]
+    assert result["results"]["samfeat-lite"]["conf"]["precision"] == "float32"
     assert "native bfloat16" in (tmp_path / "out" / "speed.md").read_text()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import build
+from ..config import build, resolved_conf
 from ..geometry import estimate_homography
 from ..synth.textures import random_scene_image
 from .report import write_json
@@ -142,6 +142,7 @@ def run_speed_benchmark(
 
         t_pair, _ = median_time(pair, max(5, repeats // 2))
         rows[name] = {
+            "conf": resolved_conf(name, extractor),  # precision and backend as resolved here
             "extract_s": t_extract,
             "match_s": t_match,
             "estimate_s": t_est,
