@@ -295,3 +295,37 @@ def test_benchmark_pose_refine(rendered_set, tmp_path, capsys):
     # a misspelt option is refused before any work
     assert main([*common, "--output", str(tmp_path / "typo"), "--refine-conf", "radious=6"]) == 2
     assert not (tmp_path / "typo" / "results.json").exists()
+
+
+def test_pose_compare_script(tmp_path):
+    """scripts/pose_compare.py: the two AUCs as the benchmark computes them (failed pairs as
+    infinite errors), the per-pair movement, and a refusal for folders of other pairs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from featloc.geometry.metrics import error_auc
+
+    def write(name, errors):
+        pairs = [{"name0": f"a{i}.png", "name1": f"b{i}.png", "pose_error_deg": e}
+                 for i, e in enumerate(errors)]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"pairs": pairs}))
+
+    a = [1.0, 2.0, 3.0, 4.0, None, 8.0]
+    b = [1.0, 2.5, 30.0, 4.0, 6.0, 8.0]
+    write("a", a)
+    write("b", b)
+    write("c", a[:3])
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pose_compare.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "b"),
+                           "--bootstrap", "50"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    auc_a = 100 * error_auc([e if e is not None else float("inf") for e in a], [10.0])[0]
+    auc_b = 100 * error_auc(b, [10.0])[0]
+    assert f"AUC@10: A {auc_a:.1f}, B {auc_b:.1f}" in proc.stdout
+    # only pairs with a pose in both runs count here: the failed one is left out
+    assert "pairs moved by more than 1 / 5 deg: 1 / 1" in proc.stdout
+    refused = subprocess.run([sys.executable, str(script), str(tmp_path / "a"),
+                              str(tmp_path / "c")], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "different pairs" in refused.stdout + refused.stderr
