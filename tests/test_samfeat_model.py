@@ -641,6 +641,27 @@ def test_speed_benchmark_times_a_weights_file_beside_sift(tmp_path):
     # the CPU decides samfeat-lite's default precision: every result records it
     assert isinstance(result["machine"]["native_bfloat16"], bool) and result["machine"]["cpu"]
     assert result["results"]["samfeat-lite"]["conf"]["precision"] == "float32"
+
+
+def test_speed_benchmark_times_variants_side_by_side(tmp_path):
+    """NAME@KEY=VALUE rows: the same extractor with other options, timed in the same run."""
+    from featloc.cli import main
+
+    torch.manual_seed(0)
+    path = save_samfeat_net(build_samfeat_net(SAMFeatNetConf(arch="lite")).eval(),
+                            tmp_path / "lite.pt")
+    code = main(["--quiet", "benchmark", "speed", "--features", "samfeat-lite",
+                 f"samfeat-lite@backend=onnx@onnx_cache_dir={tmp_path / 'onnx'}",
+                 "--size", "128x96", "--repeats", "1", "--extractor-conf", f"weights={path}",
+                 "precision=float32", "--output", str(tmp_path / "out")])
+    assert code == 0
+    rows = json.loads((tmp_path / "out" / "speed.json").read_text())["results"]
+    variant = f"samfeat-lite@backend=onnx@onnx_cache_dir={tmp_path / 'onnx'}"
+    assert set(rows) == {"sift", "samfeat-lite", variant}
+    assert rows["samfeat-lite"]["conf"]["backend"] == "torch"
+    assert rows[variant]["conf"]["backend"] == "onnx"
+    assert rows[variant]["conf"]["name"] == "samfeat-lite"
+    assert rows[variant]["conf"]["weights"] == str(path)  # --extractor-conf still applies
     assert "native bfloat16" in (tmp_path / "out" / "speed.md").read_text()
 
 

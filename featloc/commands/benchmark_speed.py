@@ -16,7 +16,9 @@ def add_parser(sub, formatter):
         "the same run; reports medians and the ratio to the baseline.",
         formatter_class=formatter,
     )
-    p.add_argument("--features", nargs="+", default=["sift"], help="extractors to time")
+    p.add_argument("--features", nargs="+", default=["sift"],
+                   help="extractors to time; NAME@KEY=VALUE[@KEY=VALUE] times a variant with "
+                   "its own options in the same run, e.g. samfeat-lite samfeat-lite@backend=onnx")
     p.add_argument("--baseline", default="sift", help="baseline extractor timed in the same run")
     p.add_argument("--extractor-conf", nargs="*", metavar="KEY=VALUE", default=[],
                    help="options of the --features extractors (not the baseline), e.g. "
@@ -86,6 +88,7 @@ def run(args) -> int:
         args.features, args.matcher, args.baseline, width, height, args.repeats,
         args.max_keypoints, common.ransac_conf(args), args.output, images,
         common.parse_kv(args.extractor_conf),
+        {spec: common.parse_kv(spec.split("@")[1:]) for spec in args.features if "@" in spec},
     )
     print(speed_table(result))
     return 0

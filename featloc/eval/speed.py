@@ -107,9 +107,12 @@ def run_speed_benchmark(
     output: str | Path | None = None,
     images: tuple[np.ndarray, np.ndarray] | None = None,
     extractor_conf: dict | None = None,
+    variant_options: dict[str, dict] | None = None,
 ) -> dict:
     """Time extraction (per image), matching and homography estimation (per pair) for each
     extractor in `features` (with `extractor_conf`) and the baseline, all in this one run.
+    A feature written `NAME@...` is a variant of NAME whose options `variant_options[spec]`
+    go over `extractor_conf` (e.g. the same network on two backends, side by side).
 
     Returns a dict with, per extractor: median seconds of `extract`, `match`, `estimate`,
     and `pair` (both extractions + match + estimate, timed end to end), the keypoint and
@@ -122,9 +125,12 @@ def run_speed_benchmark(
         image0, image1 = images
     names = list(dict.fromkeys([baseline, *features]))
     model = build("matcher", matcher)
-    extractors = {name: build("extractor", name, max_num_keypoints=max_num_keypoints,
-                              **({} if name == baseline else dict(extractor_conf or {})))
-                  for name in names}
+    variant_options = variant_options or {}
+    extractors = {
+        spec: build("extractor", spec.split("@", 1)[0], max_num_keypoints=max_num_keypoints,
+                    **({} if spec == baseline
+                       else {**(extractor_conf or {}), **variant_options.get(spec, {})}))
+        for spec in names}
     extraction = interleaved_median_times(
         {name: (lambda e=e: e.extract(image0)) for name, e in extractors.items()}, repeats)
     rows = {}
@@ -142,7 +148,8 @@ def run_speed_benchmark(
 
         t_pair, _ = median_time(pair, max(5, repeats // 2))
         rows[name] = {
-            "conf": resolved_conf(name, extractor),  # precision and backend as resolved here
+            # precision and backend as resolved on this machine
+            "conf": resolved_conf(name.split("@", 1)[0], extractor),
             "extract_s": t_extract,
             "match_s": t_match,
             "estimate_s": t_est,
