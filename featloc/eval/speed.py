@@ -70,9 +70,13 @@ def _machine() -> dict:
 
     # the CPU decides samfeat-lite's precision="auto" (bfloat16 only where it is native),
     # so timings and features from two machines are only comparable with these beside them
+    from ..allocator import current_setting
+
     return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(), "cpu": _cpu_model(),
-            "native_bfloat16": native_bfloat16(torch.device("cpu"))}
+            "native_bfloat16": native_bfloat16(torch.device("cpu")),
+            # glibc malloc thresholds set by featloc (None: the C library's defaults)
+            "malloc": current_setting()}
 
 
 def _write(output: str | Path | None, stem: str, result: dict, table: str) -> None:
@@ -182,6 +186,8 @@ def speed_table(result: dict) -> str:
     machine = result.get("machine", {})
     cpu = (f"; {machine['cpu']}, native bfloat16: {'yes' if machine['native_bfloat16'] else 'no'}"
            if "cpu" in machine else "")
+    if "malloc" in machine:
+        cpu += ", freed memory " + ("retained" if machine["malloc"] else "returned (glibc default)")
     lines = [
         f"Median wall-clock time, {w}x{h}, {result['repeats']} runs, matcher "
         f"`{result['matcher']}`, up to {result['max_num_keypoints']} keypoints"
