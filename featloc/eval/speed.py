@@ -66,11 +66,11 @@ def _machine() -> dict:
 
     import torch
 
-    # the CPU decides samfeat-lite's precision="auto" (bfloat16 only where it is native),
-    # so timings and features from two machines are only comparable with these beside them
     from ..allocator import current_setting
     from ..features.samfeat import native_bfloat16
 
+    # the CPU decides samfeat-lite's precision="auto" (bfloat16 only where it is native),
+    # so timings and features from two machines are only comparable with these beside them
     return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(), "cpu": _cpu_model(),
             "native_bfloat16": native_bfloat16(torch.device("cpu")),
