@@ -321,33 +321,44 @@ def _time_pair(pair: Callable[[], int], net, repeats: int) -> dict:
 
     import torch
 
+    from ..allocator import current_setting
+
     before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     seconds, num_matches = median_time(pair, repeats)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
     return {"pair_s": seconds, "num_matches": int(num_matches),
             "peak_rss_mb": peak_kb / 1024, "match_rss_mb": max(peak_kb - before_kb, 0) / 1024,
             "parameters": sum(p.numel() for p in net.parameters()) if net is not None else 0,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "malloc": current_setting()}
 
 
-def _time_dense(name: str, conf: dict, image0, image1, repeats: int, threads: int) -> dict:
-    """One dense matcher's timing and memory (`_time_pair`)."""
+def _spawned_setup(threads: int, malloc: dict | None) -> None:
+    """In a fresh process: the parent's torch threads and allocator thresholds (mallopt
+    settings are not inherited)."""
     import torch
 
+    from ..allocator import retain_freed_memory
+
+    if malloc:
+        retain_freed_memory(malloc["mmap_threshold"])
     if threads:
         torch.set_num_threads(threads)
+
+
+def _time_dense(name: str, conf: dict, image0, image1, repeats: int, threads: int,
+                malloc: dict | None = None) -> dict:
+    """One dense matcher's timing and memory (`_time_pair`)."""
+    _spawned_setup(threads, malloc)
+
     matcher = build("dense", name, **conf)
     return _time_pair(lambda: len(matcher.match_points(image0, image1)["scores"]), matcher.net,
                       repeats)
 
 
 def _time_sparse_pair(extractor: str, matcher: str, max_num_keypoints: int, image0, image1,
-                      repeats: int, threads: int) -> dict:
+                      repeats: int, threads: int, malloc: dict | None = None) -> dict:
     """The baseline's whole pair (extract both images, match), timed like `_time_dense`."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
+    _spawned_setup(threads, malloc)
     ext = build("extractor", extractor, max_num_keypoints=max_num_keypoints)
     model = build("matcher", matcher)
     return _time_pair(lambda: len(model.match(ext.extract(image0), ext.extract(image1))),
@@ -381,6 +392,8 @@ def run_dense_speed_benchmark(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from ..allocator import current_setting
+
     if images is None:
         image0, image1, _ = make_pair(width, height)
     else:
@@ -395,7 +408,8 @@ def run_dense_speed_benchmark(
     context = multiprocessing.get_context("spawn")
     for name, (fn, *args) in jobs.items():
         with ProcessPoolExecutor(1, mp_context=context) as pool:
-            rows[name] = pool.submit(fn, *args, image0, image1, repeats, threads).result()
+            rows[name] = pool.submit(fn, *args, image0, image1, repeats, threads,
+                                     current_setting()).result()
         logger.info("%s: %.0f ms per pair, peak %.0f MB", name, 1e3 * rows[name]["pair_s"],
                     rows[name]["peak_rss_mb"])
     base_name = f"{baseline}+{baseline_matcher}" if baseline else None
