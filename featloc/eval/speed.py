@@ -180,13 +180,19 @@ def run_speed_benchmark(
     return result
 
 
+def _memory_note(machine: dict) -> str:
+    # times differ by 25-40 % between the two on the 2-core machine (README, Speed)
+    if "malloc" not in machine:
+        return ""
+    return ", freed memory " + ("retained" if machine["malloc"] else "returned (glibc default)")
+
+
 def speed_table(result: dict) -> str:
     w, h = result["image_size"]
     machine = result.get("machine", {})
     cpu = (f"; {machine['cpu']}, native bfloat16: {'yes' if machine['native_bfloat16'] else 'no'}"
            if "cpu" in machine else "")
-    if "malloc" in machine:
-        cpu += ", freed memory " + ("retained" if machine["malloc"] else "returned (glibc default)")
+    cpu += _memory_note(machine)
     lines = [
         f"Median wall-clock time, {w}x{h}, {result['repeats']} runs, matcher "
         f"`{result['matcher']}`, up to {result['max_num_keypoints']} keypoints"
@@ -296,6 +302,7 @@ def matcher_speed_table(result: dict) -> str:
     lines = [
         f"Median matching time per pair, {result['features']} keypoints of a {w}x{h} pair, "
         f"{result['repeats']} runs, {result['machine']['torch_threads']} torch thread(s)"
+        + _memory_note(result["machine"])
         + (f"; refine: sub-pixel refinement of the {result['baseline']} matches (matches: "
            "those refined)" if result.get("refine") is not None else ""),
         "",
@@ -434,7 +441,7 @@ def dense_speed_table(result: dict) -> str:
     w, h = result["image_size"]
     lines = [
         f"Dense matchers: median time per {w}x{h} pair, {result['repeats']} runs, "
-        f"{result['machine']['torch_threads']} torch thread(s)"
+        f"{result['machine']['torch_threads']} torch thread(s)" + _memory_note(result["machine"])
         + (f"; baseline {result['baseline']} with up to {result['max_num_keypoints']} keypoints "
            "timed in the same run" if result.get("baseline") else ""),
         "",
