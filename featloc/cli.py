@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="featloc",
         description="Local features, matching, geometry and localization.",
+        epilog="environment: FEATLOC_MALLOC=default keeps the C library's memory allocator "
+               "settings (by default featloc keeps freed memory for reuse, which is faster; "
+               "see featloc/allocator.py)",
         formatter_class=_Formatter,
     )
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress bars")
