@@ -90,3 +90,31 @@ def test_mutual_nn_agrees_with_brute_force_at_padded_sizes(n1):
     sim = d0.astype(np.float64) @ d1.T
     nn01, nn10 = sim.argmax(1), sim.argmax(0)
     np.testing.assert_array_equal(m_dot, np.where(nn10[nn01] == np.arange(300), nn01, -1))
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (63, 40), (64, 64), (65, 300), (300, 2048)])
+def test_column_argmin_equals_numpy_with_ties(shape):
+    """The blocked column argmin is numpy's, first occurrence included."""
+    from featloc.matching.nn import column_argmin
+
+    rng = np.random.default_rng(shape[0])
+    cost = rng.standard_normal(shape).astype(np.float32)
+    np.testing.assert_array_equal(column_argmin(cost), np.argmin(cost, axis=0))
+    ties = np.round(cost * 2).astype(np.float32)  # many equal values per column
+    np.testing.assert_array_equal(column_argmin(ties), np.argmin(ties, axis=0))
+    # every block improves every column (rows decreasing): the slowest case, still exact
+    falling = -np.arange(shape[0], dtype=np.float32)[:, None] + cost * 0.1
+    np.testing.assert_array_equal(column_argmin(falling), np.argmin(falling, axis=0))
+    np.testing.assert_array_equal(column_argmin(np.zeros(shape, np.float32)),
+                                  np.zeros(shape[1], np.intp))
+
+
+def test_mutual_nn_with_a_nan_descriptor_keeps_numpy_semantics():
+    rng = np.random.default_rng(0)
+    d0 = rng.standard_normal((200, 8)).astype(np.float32)
+    d1 = rng.standard_normal((150, 8)).astype(np.float32)
+    d0[7, 2] = np.nan
+    m, _ = nearest_neighbor_match(d0, d1)
+    cost = np.maximum((d0 ** 2).sum(1)[:, None] + (d1 ** 2).sum(1)[None] - 2 * d0 @ d1.T, 0)
+    nn01, nn10 = cost.argmin(1), cost.argmin(0)
+    np.testing.assert_array_equal(m, np.where(nn10[nn01] == np.arange(200), nn01, -1))

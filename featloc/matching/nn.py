@@ -23,6 +23,26 @@ def _cost_buffer(n0: int, n1: int) -> np.ndarray:
     return np.empty((n0, n1 + 16), np.float32)[:, :n1]
 
 
+def column_argmin(cost: np.ndarray, block: int = 64) -> np.ndarray:
+    """`np.argmin(cost, axis=0)` (first occurrence on ties) for finite matrices, by blocks of
+    rows. numpy reduces a non-last axis through a transposed copy of the whole matrix, whose
+    speed depends on where the allocator puts it (9-20 ms at 2048 x 2048 on the 2-core machine);
+    here each block is a cache-sized copy, and after the first block only the columns whose
+    minimum improves are revisited (2.5-3.6 ms)."""
+    n0 = cost.shape[0]
+    best = cost[:block].min(axis=0)
+    index = cost[:block].argmin(axis=0)
+    for start in range(block, n0, block):
+        part = cost[start:start + block]
+        better = np.flatnonzero(part.min(axis=0) < best)  # strict: earlier rows win ties
+        if len(better):
+            sub = part[:, better]
+            rows = sub.argmin(axis=0)
+            index[better] = rows + start
+            best[better] = sub[rows, np.arange(len(better))]
+    return index
+
+
 def nearest_neighbor_match(
     desc0: np.ndarray,
     desc1: np.ndarray,
@@ -70,7 +90,8 @@ def nearest_neighbor_match(
     best = cost[rows, nn01]
     keep = np.ones(n0, bool)
     if mutual_check:
-        nn10 = np.argmin(cost, axis=0)
+        # a NaN anywhere makes its row's argmin (and so `best`) NaN: numpy's semantics then
+        nn10 = np.argmin(cost, axis=0) if np.isnan(best).any() else column_argmin(cost)
         keep &= nn10[nn01] == rows
     if ratio_thresh is not None and n1 > 1:
         if metric != "l2":
