@@ -5,7 +5,7 @@ fresh `mmap` and unmaps it on free, and trims the heap once enough of it is free
 inference and OpenCV allocate and free maps of several MB per image, so every image then
 touches new pages: on the project's 2-core machine (a KVM guest) one samfeat-lite
 extraction at 640x480 took ~12,000 minor page faults and SIFT ~6,000, which cost
-22-39 % of their time (see the README, Speed). With fixed, high thresholds the freed blocks are
+up to 39 % of their time (see the README, Speed). With fixed, high thresholds the freed blocks are
 reused and the faults vanish; the process keeps up to `2 * threshold` of free memory.
 
 This is process-wide, so nothing here runs at import: the `featloc` command calls

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         # freed image-sized buffers are reused instead of re-faulted from the system
-        # (22-39 % of extraction time on the 2-core machine; featloc/allocator.py)
+        # (up to 39 % of extraction time on the 2-core machine; featloc/allocator.py)
         from .allocator import retain_from_environment
 
         retain_from_environment()

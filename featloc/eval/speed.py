@@ -181,7 +181,7 @@ def run_speed_benchmark(
 
 
 def _memory_note(machine: dict) -> str:
-    # times differ by 22-39 % between the two on the 2-core machine (README, Speed)
+    # times differ by up to 39 % between the two on the 2-core machine (README, Speed)
     if "malloc" not in machine:
         return ""
     return ", freed memory " + ("retained" if machine["malloc"] else "returned (glibc default)")
