@@ -225,6 +225,23 @@ def test_benchmark_pose_cli(rendered_set, tmp_path, capsys):
     assert again["pose_auc"] == auc
 
 
+def test_pose_results_do_not_depend_on_the_number_of_workers(rendered_set, tmp_path):
+    """Pairs are estimated in threads; OpenCV's RANSAC seeds itself per call."""
+    from featloc.eval.pose import run_pose_benchmark
+
+    args = (rendered_set / "pairs_gt.txt", rendered_set / "images")
+    one = run_pose_benchmark(*args, tmp_path / "one", "sift", "nn", {"max_num_keypoints": 512},
+                             workers=1)
+    three = run_pose_benchmark(*args, tmp_path / "three", "sift", "nn",
+                               {"max_num_keypoints": 512}, workers=3)
+    assert one["work"]["evaluated"] == three["work"]["evaluated"] > 3
+    assert (tmp_path / "one" / "results.json").read_text() == \
+        (tmp_path / "three" / "results.json").read_text()
+    with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
+        run_pose_benchmark(*args, tmp_path / "zero", "sift", "nn", workers=0)
+    assert not (tmp_path / "zero").exists()
+
+
 def test_benchmark_pose_with_resize_and_rotation(rendered_set, tmp_path):
     """Rotating image 1 by a quarter turn (EXIF-style) and resizing must not change the
     pose accuracy much: K and T are adjusted to the prepared images."""

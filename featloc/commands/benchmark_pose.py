@@ -42,6 +42,9 @@ def add_parser(sub, formatter):
     p.add_argument("--epipolar-th", type=float, default=5e-4,
                    help="match precision threshold on the symmetric epipolar error in "
                    "normalised coordinates (5e-4 ScanNet, 1e-4 MegaDepth)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="pairs estimated at once, in threads (default: one per CPU core); "
+                   "the results do not depend on it")
     common.add_refine_args(p)
     p.set_defaults(func=run)
 
@@ -55,7 +58,7 @@ def run(args) -> int:
         args.pairs, args.images, args.output, args.features, args.matcher,
         extractor_conf=common.extractor_conf(args), matcher_conf=common.matcher_conf(args),
         ransac=ransac, resize=args.resize, epipolar_th=args.epipolar_th,
-        refine=common.refine_conf(args),
+        refine=common.refine_conf(args), workers=args.workers,
     )
     sys.stdout.write(summaries_to_markdown([summary]))
     return 1 if summary["missing_pairs"] else 0
