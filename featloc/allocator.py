@@ -50,7 +50,7 @@ def retain_freed_memory(threshold_bytes: int = DEFAULT_THRESHOLD) -> dict | None
     except (OSError, AttributeError):
         return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    for threshold in (threshold_bytes, min(threshold_bytes, _FALLBACK_THRESHOLD)):
+    for threshold in dict.fromkeys((threshold_bytes, min(threshold_bytes, _FALLBACK_THRESHOLD))):
         if mallopt(_M_MMAP_THRESHOLD, threshold) == 1:
             break
     else:

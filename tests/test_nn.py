@@ -73,8 +73,8 @@ def test_matcher_conf_is_validated():
 
 @pytest.mark.parametrize("n1", [255, 256, 512])
 def test_mutual_nn_agrees_with_brute_force_at_padded_sizes(n1):
-    """Rows a multiple of 256 apart get a padded cost buffer (a cache-conflict fix): the
-    matches must be those of a plain distance matrix."""
+    """Sizes around the row lengths that caused cache conflicts in numpy's column argmin
+    (multiples of 256): the matches must be those of a plain distance matrix."""
     from scipy.spatial.distance import cdist
 
     rng = np.random.default_rng(n1)

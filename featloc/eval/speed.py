@@ -21,16 +21,9 @@ logger = logging.getLogger(__name__)
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[float, object]:
-    """Median wall-clock seconds of `fn()` over `repeats` calls (after `warmup` calls)."""
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+    """Median wall-clock seconds of `fn()` over `repeats` calls (after `warmup` calls), and
+    its last output."""
+    return interleaved_median_times({"fn": fn}, repeats, warmup)["fn"]
 
 
 def interleaved_median_times(fns: dict[str, Callable[[], object]], repeats: int,

@@ -13,16 +13,6 @@ from ..types import UNMATCHED, Features, Matches
 from .base import Matcher, MatcherConf
 
 
-def _cost_buffer(n0: int, n1: int) -> np.ndarray:
-    """An empty [n0, n1] float32 cost matrix. With rows a multiple of 1 KB apart (n1 = 1024,
-    2048: the usual keypoint caps) numpy's column-wise argmin, the mutual check, maps every
-    row to the same cache sets and runs 5x slower (35 against 7 ms at 2048 x 2048 here), so
-    such rows get 16 floats of padding."""
-    if n1 % 256:
-        return np.empty((n0, n1), np.float32)
-    return np.empty((n0, n1 + 16), np.float32)[:, :n1]
-
-
 def column_argmin(cost: np.ndarray, block: int = 64) -> np.ndarray:
     """`np.argmin(cost, axis=0)` (first occurrence on ties) for finite matrices, by blocks of
     rows. numpy reduces a non-last axis through a transposed copy of the whole matrix, whose
@@ -73,7 +63,7 @@ def nearest_neighbor_match(
     desc1 = np.asarray(desc1, np.float32)
     if metric not in ("l2", "dot"):
         raise ValueError(f"unknown metric {metric!r} (l2 or dot)")
-    cost = _cost_buffer(n0, n1)
+    cost = np.empty((n0, n1), np.float32)
     if metric == "dot":
         np.negative(desc0 @ desc1.T, out=cost)
     else:  # squared distances, (|a|^2 + |b|^2) - 2 a.b, computed in place
