@@ -22,6 +22,7 @@ from featloc.models.samfeat import (
     bilinear_sample,
     build_samfeat_net,
     detect_keypoints,
+    fold_distillation,
     load_samfeat_net,
     max_pool_same,
     refine_subpixel,
@@ -557,6 +558,63 @@ def test_extractor_uses_sparse_descriptors_only_where_exact(lite_net, vgg_net):
     np.testing.assert_allclose(a.descriptors, b.descriptors, atol=1e-5)
 
 
+def test_folded_distillation_gives_the_same_outputs(lite_net, vgg_net, tmp_path):
+    import copy
+
+    torch.manual_seed(2)
+    net = copy.deepcopy(lite_net)
+    for bn in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):  # not identities
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    image = torch.rand(2, 3, 64, 96) * 2 - 1
+    with torch.inference_mode():
+        expected = net(image)
+        folded = fold_distillation(net)
+        assert folded is net and not hasattr(net, "distill_head")
+        got = net(image)
+        sparse = net(image, dense_descriptors=False)
+    assert set(got) == set(OUTPUT_KEYS) - {"distill"} and "distill" not in sparse
+    for key in got:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="folded"):
+        save_samfeat_net(net, tmp_path / "folded.pt")
+    assert fold_distillation(vgg_net) is vgg_net and hasattr(vgg_net, "distill_head")
+
+
+def test_extractor_folds_only_float32_lite_networks(lite_net):
+    assert _extractor(lite_net, precision="float32").net.distill_folded is not None
+    assert _extractor(lite_net, precision="bfloat16").net.distill_folded is None
+    assert lite_net.distill_folded is None  # the extractor works on its own copy
+
+
+def test_compile_option(lite_net, caplog):
+    import shutil
+
+    with pytest.raises(ValueError, match="compile"):
+        _extractor(lite_net, backend="onnx", compile=True)
+    image = _texture(64, 96)
+    eager = _extractor(lite_net, precision="float32").extract(image)
+    compiled = _extractor(lite_net, precision="float32", compile=True)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler\nmore")
+
+    fallback = _extractor(lite_net, precision="float32", compile=True)
+    fallback._compiled = broken
+    with caplog.at_level("WARNING"):
+        got = fallback.extract(image)
+    assert "torch.compile failed (RuntimeError: no compiler)" in caplog.text
+    assert fallback._compiled is None
+    np.testing.assert_array_equal(got.keypoints, eager.keypoints)
+    if shutil.which("g++") is None and shutil.which("cc") is None:
+        pytest.skip("torch.compile on CPU needs a C++ compiler (g++ or cc), none on PATH")
+    result = compiled.extract(image)
+    assert compiled._compiled is not None  # compiled, not fallen back
+    assert len(result) == len(eager) > 20
+    np.testing.assert_allclose(result.keypoints, eager.keypoints, atol=1e-3)
+    np.testing.assert_allclose(result.descriptors, eager.descriptors, atol=1e-4)
+
+
 def test_onnx_export_dynamic_size_and_cli(lite_net, tmp_path):
     import onnx
     import onnxruntime as ort
@@ -572,13 +630,14 @@ def test_onnx_export_dynamic_size_and_cli(lite_net, tmp_path):
                  str(weights), "--output", str(output)]) == 0
     onnx.checker.check_model(onnx.load(str(output)))
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == list(OUTPUT_KEYS)
+    keys = [k for k in OUTPUT_KEYS if k != "distill"]  # the extractor's network is folded
+    assert [o.name for o in session.get_outputs()] == keys
     for b, h, w in [(1, 32, 48), (2, 80, 64)]:  # not the traced size
         x = torch.rand(b, 3, h, w) * 2 - 1
         values = session.run(None, {"image": x.numpy()})
         with torch.inference_mode():
             expected = lite_net(x)
-        for key, value in zip(OUTPUT_KEYS, values, strict=True):
+        for key, value in zip(keys, values, strict=True):
             np.testing.assert_allclose(value, expected[key].numpy(), atol=2e-4, rtol=1e-3)
 
 

@@ -88,6 +88,10 @@ class SAMFeatConf(ExtractorConf):
     # kept); (1.0,): single scale
     scales: tuple[float, ...] = (1.0,)
     onnx_cache_dir: str = ""  # exported graphs; "": $FEATLOC_CACHE_DIR or ~/.cache/featloc
+    # torch backend: run the network through torch.compile (inductor, weights frozen). Each
+    # new network input size compiles first (about 20-60 s on 2 cores; needs a C++ compiler
+    # on CPU), so it pays off for many images of one size; see the README's Speed section
+    compile: bool = False
 
 
 def shipped_weights(arch: str) -> Path:
@@ -181,7 +185,12 @@ class SAMFeat(Extractor):
         resolved["precision"] = _resolve_precision(conf, torch.device(conf.device))
         super().__init__(dataclasses.replace(conf, **resolved))
 
-        from ..models.samfeat import SAMFeatNetConf, fuse_batchnorm, load_samfeat_net
+        from ..models.samfeat import (
+            SAMFeatNetConf,
+            fold_distillation,
+            fuse_batchnorm,
+            load_samfeat_net,
+        )
 
         self._torch = torch
         self.weights_file: Path | None = None  # the loaded file (see config.resolved_conf)
@@ -199,6 +208,8 @@ class SAMFeat(Extractor):
             raise ValueError(f"the network is {net.conf.arch!r} but arch={conf.arch!r}")
         self.descriptor_dim = net.conf.descriptor_dim
         self.net = fuse_batchnorm(net.eval())
+        if self.conf.precision == "float32":
+            self.net = fold_distillation(self.net)  # lite only; changes only float32 rounding
         for p in self.net.parameters():
             p.requires_grad_(False)
         self._device = torch.device(conf.device)
@@ -209,6 +220,7 @@ class SAMFeat(Extractor):
                                     and self.conf.precision == "float32"
                                     and getattr(self.net, "sparse_descriptors", False))
         self._session = None
+        self._compiled = None
         if conf.backend == "onnx":
             self._session = self._onnx_session()
         else:
@@ -216,6 +228,11 @@ class SAMFeat(Extractor):
             if self._device.type == "cpu":
                 # oneDNN convolutions are much faster in channels-last layout (2-20x in bf16).
                 self.net.to(memory_format=torch.channels_last)
+            if conf.compile:
+                # frozen weights: inductor folds them into prepacked oneDNN convolutions;
+                # static shapes: dynamic ones measured slower than eager here
+                self._compiled = torch.compile(self.net, dynamic=False,
+                                               options={"freezing": True})
 
     @property
     def _graph_kwargs(self) -> dict:
@@ -237,6 +254,8 @@ class SAMFeat(Extractor):
         if conf.backend == "onnx" and conf.device != "cpu":
             raise ValueError("SAMFeat: backend='onnx' runs on the CPU; use backend='torch' for "
                              f"device={conf.device!r}")
+        if conf.backend == "onnx" and conf.compile:
+            raise ValueError("SAMFeat: compile=True is a torch backend option")
         if conf.backend == "onnx" and conf.precision == "bfloat16":
             raise ValueError("SAMFeat: backend='onnx' runs in float32; bfloat16 is a torch "
                              "autocast option")
@@ -284,7 +303,7 @@ class SAMFeat(Extractor):
         import onnxruntime as ort
 
         digest = hashlib.sha256(self.weights_file.read_bytes())
-        meta = {"net": dataclasses.asdict(self.net.conf), "opset": ONNX_OPSET,
+        meta = {"net": dataclasses.asdict(self.net.conf), "opset": ONNX_OPSET, "graph": 2,
                 "torch": self._torch.__version__, "ort": ort.__version__, **self._graph_kwargs}
         digest.update(json.dumps(meta, sort_keys=True).encode())
         stem = self.weights_file.stem
@@ -370,6 +389,14 @@ class SAMFeat(Extractor):
             x = x.contiguous()
         bf16 = self.conf.precision == "bfloat16"
         with torch.autocast(self._device.type, torch.bfloat16, enabled=bf16):
+            if self._compiled is not None:
+                try:
+                    return self._compiled(x, **self._graph_kwargs)
+                except Exception as exc:  # e.g. no C++ compiler: the same network, uncompiled
+                    reason = (str(exc).strip().splitlines() or [""])[0]
+                    logger.warning("SAMFeat: torch.compile failed (%s: %s); running the "
+                                   "network uncompiled", type(exc).__name__, reason)
+                    self._compiled = None
             return self.net(x, **self._graph_kwargs)
 
     def _scores(self, out: dict, size: tuple[int, int]):

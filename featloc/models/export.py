@@ -2,8 +2,9 @@
 
 The exported graph has one input `image` [B, 3, H, W] (float32 in [-1, 1], H and W multiples
 of 16) and the network's outputs under their dict keys (for SAMFeat: `logits`, `desc_map`,
-`weight_map`, `distill`, `edge`). Post-processing (NMS, sampling) is not in the graph: the
-`onnx` backend of the extractors runs the same torch code on the ONNX outputs.
+`weight_map`, `distill`, `edge`; an extractor's float32 lite network has `distill`, which only
+training reads, folded away: `fold_distillation`). Post-processing (NMS, sampling) is not in
+the graph: the `onnx` backend of the extractors runs the same torch code on the ONNX outputs.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ Output contract of `forward(image)` (both architectures; do not change, the loss
     desc_map    [B, D, H/4, W/4]      raw, unnormalised dense descriptors Draw (D = 128)
     weight_map  [B, 1, H/4, W/4]      descriptor weights Wmap > 0 (softplus)
     distill     [B, 256, H/8, W/8]    F_D, the student map for relation distillation
+                                      (absent from a lite network after `fold_distillation`)
     edge        [B, 1, H/4, W/4]      edge probability E in (0, 1)
 
 Coordinate convention (project-wide): keypoints are (x, y) full-resolution pixels with the
@@ -255,16 +256,20 @@ class _Heads(nn.Module):
             # (`descriptors_at`); 12 % of lite's float32 forward pass at 640x480
             if not self.sparse_descriptors:
                 raise ValueError("dense_descriptors=False needs a 1x1 descriptor head")
-            return {"logits": logits, "feature": feature, "distill": distill, "edge": edge}
-        weight_map = F.softplus(self.weight_head(_channel_mean(feature)))
-        desc_map = self.descriptor_head(feature)
-        return {
-            "logits": logits,
-            "desc_map": desc_map,
-            "weight_map": weight_map,
-            "distill": distill,
-            "edge": edge,
-        }
+            out = {"logits": logits, "feature": feature, "distill": distill, "edge": edge}
+        else:
+            weight_map = F.softplus(self.weight_head(_channel_mean(feature)))
+            desc_map = self.descriptor_head(feature)
+            out = {
+                "logits": logits,
+                "desc_map": desc_map,
+                "weight_map": weight_map,
+                "distill": distill,
+                "edge": edge,
+            }
+        if distill is None:  # folded away for inference (`fold_distillation`)
+            del out["distill"]
+        return out
 
 
 def _check_input(image: torch.Tensor) -> None:
@@ -383,6 +388,8 @@ class SAMFeatLite(_Heads):
         self._init_heads(conf, c3, c4, dim, 1, attention)
         k = conf.lite_fine_channels
         self.fine = nn.Sequential(ConvBlock(3, k), ConvBlock(k, k)) if k > 0 else None
+        # inference only: F_D and its fusion as one 1x1 conv (`fold_distillation`)
+        self.distill_folded: nn.Conv2d | None = None
         self.heatmap1 = nn.Conv2d(k, 1, 3, padding=1) if k > 0 else None
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -399,8 +406,11 @@ class SAMFeatLite(_Heads):
         c3 = self.block3(c2)
         c4 = self.block4(c3)
         c5 = self.block5(c4)
-        distill = self.distill_head(c4)
-        c4 = c4 + self.distill_fusion(distill)
+        if self.distill_folded is not None:
+            distill, c4 = None, self.distill_folded(c4)
+        else:
+            distill = self.distill_head(c4)
+            c4 = c4 + self.distill_fusion(distill)
         top = _resize(self.project5(c5), c4) + self.project4(c4)
         # Bilinear 2x downsampling with align_corners=False is exactly a 2x2 average.
         # (in place on the fresh upsampled map: saves two full-size allocations)
@@ -432,8 +442,35 @@ def fuse_batchnorm(net: nn.Module) -> nn.Module:
 # Weights files
 
 
+def fold_distillation(net: nn.Module) -> nn.Module:
+    """Fold a lite network's F_D and its fusion into one 1x1 conv, in place (inference).
+
+    C4 + fusion(F_D(C4)) = (I + W_f W_d) C4 + (W_f b_d + b_f): a 64 -> 64 conv instead of
+    64 -> 256 -> 64 (5 % of the float32 forward pass at 640x480). The network then no longer
+    outputs `distill`, which only training reads. Same values up to float32 rounding; not for
+    bfloat16, where the folded identity would round C4 itself to 8 bits. The vgg fusion is a
+    3x3 conv and does not fold: other networks are returned unchanged.
+    """
+    if not isinstance(net, SAMFeatLite) or net.distill_folded is not None:
+        return net
+    head, fusion = net.distill_head, net.distill_fusion
+    with torch.no_grad():
+        w_head, w_fusion = head.weight.flatten(1).double(), fusion.weight.flatten(1).double()
+        weight = torch.eye(w_fusion.shape[0], dtype=torch.float64) + w_fusion @ w_head
+        bias = w_fusion @ head.bias.double() + fusion.bias.double()
+        folded = nn.Conv2d(weight.shape[1], weight.shape[0], 1).to(head.weight.device)
+        folded.weight.copy_(weight[:, :, None, None])
+        folded.bias.copy_(bias)
+    folded.requires_grad_(False)
+    net.distill_folded = folded.to(memory_format=torch.channels_last)
+    del net.distill_head, net.distill_fusion  # a folded network must not be trained or saved
+    return net
+
+
 def save_samfeat_net(net: nn.Module, path: str | Path, **metadata) -> Path:
     """Save `{"net_conf", "state_dict", **metadata}`, the format `load_samfeat_net` reads."""
+    if getattr(net, "distill_folded", None) is not None:
+        raise ValueError("cannot save a network folded for inference (fold_distillation)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
