@@ -29,6 +29,7 @@ from featloc.models.samfeat import (
     sample_descriptors,
     save_samfeat_net,
     simple_nms,
+    widen_narrow_convs,
 )
 from featloc.types import Features
 
@@ -579,6 +580,23 @@ def test_folded_distillation_gives_the_same_outputs(lite_net, vgg_net, tmp_path)
     with pytest.raises(ValueError, match="folded"):
         save_samfeat_net(net, tmp_path / "folded.pt")
     assert fold_distillation(vgg_net) is vgg_net and hasattr(vgg_net, "distill_head")
+
+
+@pytest.mark.parametrize("arch", ["lite", "vgg"])
+def test_widened_narrow_convs_give_the_same_outputs(arch, lite_net, vgg_net):
+    import copy
+
+    net = copy.deepcopy(lite_net if arch == "lite" else vgg_net)
+    image = torch.rand(1, 3, 48, 64) * 2 - 1
+    with torch.inference_mode():
+        expected = net(image)
+        widen_narrow_convs(net)
+        got = net(image)
+    narrow = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.out_channels < 8]
+    assert not narrow
+    assert net.heatmap3.conv.out_channels == 8 and net.heatmap3.outputs == 1
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-4)
 
 
 def test_extractor_folds_only_float32_lite_networks(lite_net):

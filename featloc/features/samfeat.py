@@ -191,6 +191,7 @@ class SAMFeat(Extractor):
             fold_distillation,
             fuse_batchnorm,
             load_samfeat_net,
+            widen_narrow_convs,
         )
 
         self._torch = torch
@@ -227,6 +228,7 @@ class SAMFeat(Extractor):
         else:
             self.net.to(self._device)
             if self._device.type == "cpu":
+                widen_narrow_convs(self.net)  # the same outputs; oneDNN is slow on 1-5
                 # oneDNN convolutions are much faster in channels-last layout (2-20x in bf16).
                 self.net.to(memory_format=torch.channels_last)
             if conf.compile:
