@@ -232,10 +232,8 @@ class SAMFeat(Extractor):
                 # oneDNN convolutions are much faster in channels-last layout (2-20x in bf16).
                 self.net.to(memory_format=torch.channels_last)
             if conf.compile:
-                # frozen weights: inductor folds them into prepacked oneDNN convolutions;
                 # static shapes: dynamic ones measured slower than eager here
-                self._compiled = torch.compile(self.net, dynamic=False,
-                                               options={"freezing": True})
+                self._compiled = torch.compile(self.net, dynamic=False)
 
     @property
     def _graph_kwargs(self) -> dict:
@@ -393,8 +391,14 @@ class SAMFeat(Extractor):
         bf16 = self.conf.precision == "bfloat16"
         with torch.autocast(self._device.type, torch.bfloat16, enabled=bf16):
             if self._compiled is not None:
+                # Frozen weights: inductor prepacks the oneDNN convolutions and fuses their
+                # activations. torch.compile(options={"freezing": True}) does not reach the
+                # pass in torch 2.13 (aten convolutions in the profile, 1-2 ms slower).
+                from torch._inductor import config as inductor_config
+
                 try:
-                    return self._compiled(x, **self._graph_kwargs)
+                    with inductor_config.patch(freezing=True):
+                        return self._compiled(x, **self._graph_kwargs)
                 except Exception as exc:  # e.g. no C++ compiler: the same network, uncompiled
                     reason = (str(exc).strip().splitlines() or [""])[0]
                     logger.warning("SAMFeat: torch.compile failed (%s: %s); running the "
