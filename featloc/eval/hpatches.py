@@ -325,6 +325,7 @@ def run_homography_benchmark(
 
     cached = load_cached_records(output_dir / RESULTS)
     records, computed, missing = [], 0, []
+    reference = (None, None)  # a sequence's pairs share image 0: read it once (2.4 ms a read)
     with FeatureStore(feats_path, "r") as fstore, MatchStore(matches_path, "r") as mstore:
         for pair in track(pairs, desc="hpatches metrics"):
             base = {"sequence": pair.sequence, "split": pair.split, "k": pair.k,
@@ -347,7 +348,9 @@ def run_homography_benchmark(
             if key in cached:
                 records.append({**cached[key], **base})
                 continue
-            f0, f1 = fstore.read(pair.name0), fstore.read(pair.name1)
+            if reference[0] != pair.name0:
+                reference = (pair.name0, fstore.read(pair.name0))
+            f0, f1 = reference[1], fstore.read(pair.name1)
             matches = mstore.read(pair.name0, pair.name1, len(f0))
             points0, points1 = matches.matched_points(f0, f1)
             extra = {}
