@@ -599,6 +599,20 @@ def test_widened_narrow_convs_give_the_same_outputs(arch, lite_net, vgg_net):
         torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["lite", "vgg"])
+def test_descriptors_without_detection(arch, vgg_net):
+    torch.manual_seed(3)
+    net = (build_samfeat_net(SAMFeatNetConf(arch="lite", lite_fine_channels=8)).eval()
+           if arch == "lite" else vgg_net)
+    image = torch.rand(1, 3, 48, 64) * 2 - 1
+    with torch.inference_mode():
+        full = net(image)
+        described = net(image, detect=False)
+    assert set(described) == set(OUTPUT_KEYS) - {"logits"}
+    for key in described:
+        torch.testing.assert_close(described[key], full[key], atol=0, rtol=0)
+
+
 def test_extractor_folds_only_float32_lite_networks(lite_net):
     assert _extractor(lite_net, precision="float32").net.distill_folded is not None
     assert _extractor(lite_net, precision="bfloat16").net.distill_folded is None

@@ -192,7 +192,7 @@ class RetrievalNet(nn.Module):
         # without a trainable backbone layer, no autograd graph through the backbone
         grad = torch.is_grad_enabled() and self.conf.finetune_last
         with torch.set_grad_enabled(grad):
-            dense = self.backbone(image)[self.conf.feature_map]
+            dense = self.backbone(image, detect=False)[self.conf.feature_map]
         # normalised in float32, handed on in the map's dtype (bfloat16 under autocast)
         return F.normalize(dense.float(), dim=1, eps=1e-12).to(dense.dtype)
 

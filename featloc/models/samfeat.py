@@ -23,6 +23,9 @@ Output contract of `forward(image)` (both architectures; do not change, the loss
     weight_map  [B, 1, H/4, W/4]      descriptor weights Wmap > 0 (softplus)
     distill     [B, 256, H/8, W/8]    F_D, the student map for relation distillation
                                       (absent from a lite network after `fold_distillation`)
+
+`forward(image, detect=False)` leaves out `logits` (and what only they need), for networks that
+read the descriptors alone (`featloc.models.retrieval`).
     edge        [B, 1, H/4, W/4]      edge probability E in (0, 1)
 
 Coordinate convention (project-wide): keypoints are (x, y) full-resolution pixels with the
@@ -233,22 +236,10 @@ class _Heads(nn.Module):
                        head.bias.float())
         return F.normalize(raw, p=2, dim=-1, eps=1e-8)
 
-    def _heads(self, c1, c2, c3, c4, feature, distill,
-               dense_descriptors: bool = True) -> dict[str, torch.Tensor]:
+    def _heads(self, c1, c2, c3, c4, feature, distill, dense_descriptors: bool = True,
+               detect: bool = True) -> dict[str, torch.Tensor]:
         edge = torch.sigmoid(self.edge_head(feature))
-        if self.eag:
-            c3 = c3 * (1 + edge)  # EAG for detection: C3' = C3 * E + C3
-        a = self.alphas
-        # S = sum_i alpha_i * up(s_i), in float32 even under autocast (bfloat16 logits would
-        # create ties in NMS); bilinear upsampling is linear, so alpha is applied at the
-        # coarse resolution (cheaper, same result).
-        s1, s2 = self._fine_scores(c1, c2)
-        logits = (
-            a[0] * s1.float()
-            + _resize(a[1] * s2.float(), s1)
-            + _resize(a[2] * self.heatmap3(c3).float(), s1)
-            + _resize(a[3] * self.heatmap4(c4).float(), s1)
-        )
+        logits = self._logits(c1, c2, c3, c4, edge) if detect else None
         if self.eag:
             feature = self.edge_attention(feature, edge)
         if not dense_descriptors:
@@ -269,7 +260,24 @@ class _Heads(nn.Module):
             }
         if distill is None:  # folded away for inference (`fold_distillation`)
             del out["distill"]
+        if logits is None:
+            del out["logits"]
         return out
+
+    def _logits(self, c1, c2, c3, c4, edge) -> torch.Tensor:
+        if self.eag:
+            c3 = c3 * (1 + edge)  # EAG for detection: C3' = C3 * E + C3
+        a = self.alphas
+        # S = sum_i alpha_i * up(s_i), in float32 even under autocast (bfloat16 logits would
+        # create ties in NMS); bilinear upsampling is linear, so alpha is applied at the
+        # coarse resolution (cheaper, same result).
+        s1, s2 = self._fine_scores(c1, c2)
+        return (
+            a[0] * s1.float()
+            + _resize(a[1] * s2.float(), s1)
+            + _resize(a[2] * self.heatmap3(c3).float(), s1)
+            + _resize(a[3] * self.heatmap4(c4).float(), s1)
+        )
 
 
 def _check_input(image: torch.Tensor) -> None:
@@ -309,8 +317,10 @@ class SAMFeatVGG(_Heads):
             if isinstance(m, nn.Conv2d):  # official init; biases keep the default init
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, image: torch.Tensor, dense_descriptors: bool = True) -> dict[str, torch.Tensor]:
-        """image [B, 3, H, W] in [-1, 1] -> dict of the module docstring."""
+    def forward(self, image: torch.Tensor, dense_descriptors: bool = True,
+                detect: bool = True) -> dict[str, torch.Tensor]:
+        """image [B, 3, H, W] in [-1, 1] -> dict of the module docstring (without `logits`
+        when `detect` is False: descriptors only, e.g. for a retrieval network)."""
         _check_input(image)
         relu = F.relu
         c1 = relu(self.conv1b(relu(self.conv1a(image))))
@@ -321,7 +331,7 @@ class SAMFeatVGG(_Heads):
         c4 = c4 + self.distill_fusion(distill)
         # Multi-scale feature F at 1/4; C3 enters un-gated.
         feature = torch.cat([_resize(c1, c3), _resize(c2, c3), c3, _resize(c4, c3)], 1)
-        return self._heads(c1, c2, c3, c4, feature, distill, dense_descriptors)
+        return self._heads(c1, c2, c3, c4, feature, distill, dense_descriptors, detect)
 
     def _fine_scores(self, c1, c2):
         return self.heatmap1(c1), self.heatmap2(c2)
@@ -398,9 +408,11 @@ class SAMFeatLite(_Heads):
             nn.init.zeros_(self.heatmap1.weight)
             nn.init.zeros_(self.heatmap1.bias)
 
-    def forward(self, image: torch.Tensor, dense_descriptors: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, dense_descriptors: bool = True,
+                detect: bool = True) -> dict[str, torch.Tensor]:
         """image [B, 3, H, W] in [-1, 1] -> dict of the module docstring; with
-        `dense_descriptors=False`, "feature" (for `descriptors_at`) instead of the two maps."""
+        `dense_descriptors=False`, "feature" (for `descriptors_at`) instead of the two maps;
+        with `detect=False`, no `logits` (and no full-resolution branch)."""
         _check_input(image)
         c2 = self.block2(image)
         c3 = self.block3(c2)
@@ -416,8 +428,8 @@ class SAMFeatLite(_Heads):
         # (in place on the fresh upsampled map: saves two full-size allocations)
         feature = _resize(top, c3).add_(self.project3(c3))
         feature = feature.add_(self.project2(F.avg_pool2d(c2, 2)))
-        c1 = self.fine(image) if self.fine is not None else None
-        return self._heads(c1, c2, c3, c4, feature, distill, dense_descriptors)
+        c1 = self.fine(image) if self.fine is not None and detect else None
+        return self._heads(c1, c2, c3, c4, feature, distill, dense_descriptors, detect)
 
     def _fine_scores(self, c1, c2):
         scores = self.heatmap12(c2)
