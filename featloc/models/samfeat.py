@@ -83,12 +83,19 @@ class SAMFeatNetConf:
     # the image and a 3x3 conv whose logits are added to s1; zero-initialised, so a trained
     # network gains it without changing); 0: none (samfeat-lite v0; v1 ships with 8)
     lite_fine_channels: int = 0
+    lite_fine_blocks: int = 2  # lite: conv blocks of the full-resolution branch (1 or 2)
+    lite_fine_head_kernel: int = 3  # lite: kernel of the branch's logit conv (1 or 3)
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.eag_mode is not None and self.eag_mode not in EAG_MODES:
             raise ValueError(f"eag_mode must be one of {EAG_MODES} or None, got {self.eag_mode!r}")
+        if self.lite_fine_blocks not in (1, 2):
+            raise ValueError(f"lite_fine_blocks must be 1 or 2, got {self.lite_fine_blocks}")
+        if self.lite_fine_head_kernel not in (1, 3):
+            raise ValueError(f"lite_fine_head_kernel must be 1 or 3, got "
+                             f"{self.lite_fine_head_kernel}")
         if len(self.lite_channels) != 4:
             raise ValueError(f"lite_channels needs 4 widths (C2..C5), got {self.lite_channels}")
         for name in ("lite_attention_stride", "lite_attention_kv_stride"):
@@ -368,7 +375,8 @@ class SAMFeatLite(_Heads):
     - the descriptor head is 1x1;
     - optional (`lite_fine_channels` > 0): a full-resolution detection branch, two narrow conv
       blocks on the image and a 3x3 conv, whose logits are added to s1 (sub-pixel accuracy
-      needs full-resolution evidence that C2 at 1/2 may lack).
+      needs full-resolution evidence that C2 at 1/2 may lack); `lite_fine_blocks=1` and
+      `lite_fine_head_kernel=1` make it cheaper (the blocks at full resolution dominate).
     """
 
     def __init__(self, conf: SAMFeatNetConf | None = None):
@@ -396,11 +404,12 @@ class SAMFeatLite(_Heads):
             fused=False,
         )
         self._init_heads(conf, c3, c4, dim, 1, attention)
-        k = conf.lite_fine_channels
-        self.fine = nn.Sequential(ConvBlock(3, k), ConvBlock(k, k)) if k > 0 else None
+        k, kernel = conf.lite_fine_channels, conf.lite_fine_head_kernel
+        blocks = [ConvBlock(3, k)] + [ConvBlock(k, k) for _ in range(conf.lite_fine_blocks - 1)]
+        self.fine = nn.Sequential(*blocks) if k > 0 else None
         # inference only: F_D and its fusion as one 1x1 conv (`fold_distillation`)
         self.distill_folded: nn.Conv2d | None = None
-        self.heatmap1 = nn.Conv2d(k, 1, 3, padding=1) if k > 0 else None
+        self.heatmap1 = nn.Conv2d(k, 1, kernel, padding=kernel // 2) if k > 0 else None
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -537,6 +546,10 @@ def lite_conf_from_state(state: dict, prefix: str = "",
         return int(state[f"{prefix}{name}"].shape[0])
 
     fine = state.get(f"{prefix}heatmap1.weight")
+    if fine is not None:
+        base = replace(base or SAMFeatNetConf(arch="lite"),
+                       lite_fine_blocks=2 if f"{prefix}fine.1.0.weight" in state else 1,
+                       lite_fine_head_kernel=int(fine.shape[-1]))
     return replace(
         base or SAMFeatNetConf(arch="lite"),
         lite_channels=tuple(out_channels(f"block{i}.0.0.weight") for i in (2, 3, 4, 5)),
