@@ -769,13 +769,26 @@ def test_extractors_are_timed_in_turn():
 
 
 @pytest.mark.parametrize("options", [{}, {"lite_channels": (32, 32, 64, 96), "lite_fine_channels": 4,
-                                          "descriptor_dim": 64}])
+                                          "descriptor_dim": 64},
+                                     {"lite_fine_channels": 8, "lite_fine_blocks": 1,
+                                      "lite_fine_head_kernel": 1}])
 def test_lite_conf_is_read_off_a_state_dict(options):
     from featloc.models.samfeat import lite_conf_from_state
 
     net = build_samfeat_net(SAMFeatNetConf(arch="lite", **options))
     state = {f"backbone.{k}": v for k, v in net.state_dict().items()}
     assert lite_conf_from_state(state, "backbone.") == net.conf
+
+
+def test_cheaper_full_resolution_branch():
+    net = build_samfeat_net(SAMFeatNetConf(arch="lite", lite_fine_channels=8, lite_fine_blocks=1,
+                                           lite_fine_head_kernel=1)).eval()
+    assert len(net.fine) == 1 and net.heatmap1.kernel_size == (1, 1)
+    with torch.inference_mode():
+        _check_shapes(net(torch.rand(1, 3, 48, 64) * 2 - 1), 1, 48, 64)
+    for bad in ({"lite_fine_blocks": 3}, {"lite_fine_head_kernel": 5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SAMFeatNetConf(arch="lite", **bad)
 
 
 def test_bare_lite_state_dict_loads_with_its_own_sizes(tmp_path):
