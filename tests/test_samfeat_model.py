@@ -577,13 +577,13 @@ def test_folded_distillation_gives_the_same_outputs(lite_net, vgg_net, tmp_path)
     assert set(got) == set(OUTPUT_KEYS) - {"distill"} and "distill" not in sparse
     for key in got:
         torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-4)
-    with pytest.raises(ValueError, match="folded"):
+    with pytest.raises(ValueError, match="fold_distillation"):
         save_samfeat_net(net, tmp_path / "folded.pt")
     assert fold_distillation(vgg_net) is vgg_net and hasattr(vgg_net, "distill_head")
 
 
 @pytest.mark.parametrize("arch", ["lite", "vgg"])
-def test_widened_narrow_convs_give_the_same_outputs(arch, lite_net, vgg_net):
+def test_widened_narrow_convs_give_the_same_outputs(arch, lite_net, vgg_net, tmp_path):
     import copy
 
     net = copy.deepcopy(lite_net if arch == "lite" else vgg_net)
@@ -595,6 +595,8 @@ def test_widened_narrow_convs_give_the_same_outputs(arch, lite_net, vgg_net):
     narrow = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.out_channels < 8]
     assert not narrow
     assert net.heatmap3.conv.out_channels == 8 and net.heatmap3.outputs == 1
+    with pytest.raises(ValueError, match="widen_narrow_convs"):
+        save_samfeat_net(net, tmp_path / "widened.pt")
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-4)
 

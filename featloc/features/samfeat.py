@@ -90,7 +90,7 @@ class SAMFeatConf(ExtractorConf):
     scales: tuple[float, ...] = (1.0,)
     onnx_cache_dir: str = ""  # exported graphs; "": $FEATLOC_CACHE_DIR or ~/.cache/featloc
     # torch backend: run the network through torch.compile (inductor, weights frozen). Each
-    # new network input size compiles first (about 20-60 s on 2 cores; needs a C++ compiler
+    # new network input size compiles first (about 20-30 s on 2 cores; needs a C++ compiler
     # on CPU), so it pays off for many images of one size; see the README's Speed section
     compile: bool = False
 

@@ -527,8 +527,10 @@ def fold_distillation(net: nn.Module) -> nn.Module:
 
 def save_samfeat_net(net: nn.Module, path: str | Path, **metadata) -> Path:
     """Save `{"net_conf", "state_dict", **metadata}`, the format `load_samfeat_net` reads."""
-    if getattr(net, "distill_folded", None) is not None:
-        raise ValueError("cannot save a network folded for inference (fold_distillation)")
+    if getattr(net, "distill_folded", None) is not None or any(
+            isinstance(m, WidenedConv) for m in net.modules()):
+        raise ValueError("cannot save a network prepared for inference (fold_distillation, "
+                         "widen_narrow_convs)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
