@@ -188,10 +188,8 @@ class SAMFeat(Extractor):
 
         from ..models.samfeat import (
             SAMFeatNetConf,
-            fold_distillation,
-            fuse_batchnorm,
             load_samfeat_net,
-            widen_narrow_convs,
+            prepare_for_inference,
         )
 
         self._torch = torch
@@ -209,12 +207,11 @@ class SAMFeat(Extractor):
         if net.conf.arch != conf.arch:
             raise ValueError(f"the network is {net.conf.arch!r} but arch={conf.arch!r}")
         self.descriptor_dim = net.conf.descriptor_dim
-        self.net = fuse_batchnorm(net.eval())
-        if self.conf.precision == "float32":
-            self.net = fold_distillation(self.net)  # lite only; changes only float32 rounding
-        for p in self.net.parameters():
-            p.requires_grad_(False)
         self._device = torch.device(conf.device)
+        # the onnx backend exports the network unwidened (ONNX Runtime has its own kernels)
+        self.net = prepare_for_inference(
+            net, self.conf.precision,
+            cpu=self._device.type == "cpu" and conf.backend == "torch")
         # float32 unit descriptors of a 1x1 head: computed at the keypoints, not over the
         # whole map (the same values to 1e-6; bfloat16 keeps the dense head, whose rounding
         # the published figures were measured with, and is fast where it is chosen)
@@ -228,12 +225,14 @@ class SAMFeat(Extractor):
         else:
             self.net.to(self._device)
             if self._device.type == "cpu":
-                widen_narrow_convs(self.net)  # the same outputs; oneDNN is slow on 1-5
                 # oneDNN convolutions are much faster in channels-last layout (2-20x in bf16).
                 self.net.to(memory_format=torch.channels_last)
             if conf.compile:
+                from torch._inductor import config as inductor_config
+
                 # static shapes: dynamic ones measured slower than eager here
                 self._compiled = torch.compile(self.net, dynamic=False)
+                self._inductor_config = inductor_config
 
     @property
     def _graph_kwargs(self) -> dict:
@@ -394,10 +393,8 @@ class SAMFeat(Extractor):
                 # Frozen weights: inductor prepacks the oneDNN convolutions and fuses their
                 # activations. torch.compile(options={"freezing": True}) does not reach the
                 # pass in torch 2.13 (aten convolutions in the profile, 1-2 ms slower).
-                from torch._inductor import config as inductor_config
-
                 try:
-                    with inductor_config.patch(freezing=True):
+                    with self._inductor_config.patch(freezing=True):
                         return self._compiled(x, **self._graph_kwargs)
                 except Exception as exc:  # e.g. no C++ compiler: the same network, uncompiled
                     reason = (str(exc).strip().splitlines() or [""])[0]

@@ -78,29 +78,22 @@ class LearnedGlobal(GlobalDescriptor):
 
         from ..features.samfeat import native_bfloat16, round_to_multiple
         from ..models.retrieval import load_retrieval_net
-        from ..models.samfeat import (
-            fold_distillation,
-            fuse_batchnorm,
-            widen_narrow_convs,
-        )
+        from ..models.samfeat import prepare_for_inference
 
         self._torch, self._round = torch, round_to_multiple
         self.weights_file = weights_path(self.conf.weights)  # see config.resolved_conf
         net = load_retrieval_net(self.weights_file)
         self.descriptor_dim = net.descriptor_dim
-        fuse_batchnorm(net.backbone)  # eval-mode BatchNorm folded into the convs (faster)
-        net.requires_grad_(False)
         self._device = torch.device(self.conf.device)
         precision = self.conf.precision
         if precision == "auto":
             precision = "bfloat16" if native_bfloat16(self._device) else "float32"
         self.precision = precision
-        if precision == "float32" and net.conf.feature_map != "distill":
-            fold_distillation(net.backbone)  # as in the extractor: float32 rounding only
-        self.net = net.to(self._device)
-        if self._device.type == "cpu":
-            widen_narrow_convs(self.net.backbone)  # the same outputs; oneDNN is slow on 1-5
-            # oneDNN convolutions are much faster channels-last
+        prepare_for_inference(net.backbone, precision, cpu=self._device.type == "cpu",
+                              keep_distill=net.conf.feature_map == "distill")
+        net.requires_grad_(False)
+        self.net = net.eval().to(self._device)
+        if self._device.type == "cpu":  # oneDNN convolutions are much faster channels-last
             self.net.to(memory_format=torch.channels_last)
         self._fingerprint = None
 
