@@ -19,6 +19,8 @@ from featloc.features.samfeat import SAMFeat, SAMFeatConf, round_to_multiple
 from featloc.models.samfeat import (
     OUTPUT_KEYS,
     SAMFeatNetConf,
+    _simple_nms_opencv,
+    _simple_nms_torch,
     bilinear_sample,
     build_samfeat_net,
     detect_keypoints,
@@ -231,6 +233,26 @@ def test_nms_iterations_recover_points_suppressed_by_suppressed_points():
     assert single.sum() == 1 and single[0, 10, 10]
     (kp, _), = detect_keypoints(scores, 0.5, nms_radius=4, border=0, nms_iterations=2)
     assert kp.tolist() == [[10, 10], [16, 10]]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_opencv_nms_equals_torch_nms(case):
+    # the CPU float32 path (OpenCV morphology) must give the torch path's mask bit for bit,
+    # with ties, -inf scores, thresholds or none, any radius and number of rounds
+    g = torch.Generator().manual_seed(case)
+    for trial in range(40):
+        b, h, w = 1 + trial % 2, int(torch.randint(1, 60, (1,), generator=g)), \
+            int(torch.randint(1, 60, (1,), generator=g))
+        scores = torch.randn(b, h, w, generator=g)
+        if case % 3 == 1:
+            scores = (scores * 3).round() / 3
+        if case % 3 == 2:
+            scores[scores < -0.5] = float("-inf")
+        radius, rounds = 1 + trial % 5, trial % 4
+        threshold = None if trial % 3 == 0 else float(torch.randn(1, generator=g))
+        fast = _simple_nms_opencv(scores, radius, rounds, threshold)
+        assert fast.dtype == torch.bool
+        assert torch.equal(fast, _simple_nms_torch(scores, radius, rounds, threshold))
 
 
 def test_threshold_border_and_top_k():
