@@ -43,6 +43,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -753,7 +754,6 @@ def _simple_nms_opencv(scores: torch.Tensor, radius: int, iterations: int,
     (maxima and comparisons are exact), 1.5-2x faster at 640x480 (a rectangular dilation is
     OpenCV's separable max filter; its masks are 0/255 bytes)."""
     import cv2
-    import numpy as np
 
     kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
     border = {"borderType": cv2.BORDER_CONSTANT, "borderValue": float("-inf")}
@@ -802,7 +802,8 @@ def refine_subpixel(
     yi = keypoints[:, 1].long()[:, None] + dy
     inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
     flat = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1))
-    window = scores.reshape(-1)[flat].float() / temperature
+    window = scores.reshape(-1).index_select(0, flat.reshape(-1)).reshape(flat.shape)
+    window = window.float() / temperature
     window = window.masked_fill(~inside, float("-inf"))
     prob = torch.softmax(window, dim=1)
     delta = torch.stack([(prob * dx).sum(1), (prob * dy).sum(1)], 1)
@@ -840,18 +841,23 @@ def detect_keypoints(
     b, h, w = scores.shape
     keep = simple_nms(scores, nms_radius, nms_iterations, threshold)
     if border > 0:
-        inner = torch.zeros(h, w, dtype=torch.bool, device=scores.device)
-        inner[border:h - border, border:w - border] = True
-        keep &= inner
+        keep[:, :border] = False
+        keep[:, max(h - border, 0):] = False
+        keep[:, :, :border] = False
+        keep[:, :, max(w - border, 0):] = False
     out = []
     for i in range(b):
-        yx = torch.nonzero(keep[i])
-        s = scores[i][yx[:, 0], yx[:, 1]]
+        if keep.device.type == "cpu":  # numpy's flatnonzero: the same order, 2-3x faster
+            flat = torch.from_numpy(np.flatnonzero(keep[i].numpy()))
+        else:
+            flat = torch.nonzero(keep[i].reshape(-1))[:, 0]
+        s = scores[i].reshape(-1).index_select(0, flat)
         if 0 < max_num_keypoints < len(s):
             s, order = torch.topk(s, max_num_keypoints)
         else:
             s, order = torch.sort(s, descending=True)
-        xy = yx[order].flip(-1)
+        flat = flat.index_select(0, order)
+        xy = torch.stack([flat % w, torch.div(flat, w, rounding_mode="floor")], 1)
         if subpixel_radius > 0:
             xy = refine_subpixel(scores[i], xy, subpixel_radius, subpixel_temperature)
         out.append((xy.to(torch.float32), s))
