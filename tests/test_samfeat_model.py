@@ -671,6 +671,45 @@ def test_compile_option(lite_net, caplog):
     np.testing.assert_allclose(result.descriptors, eager.descriptors, atol=1e-4)
 
 
+def test_aoti_backend(lite_net, tmp_path, caplog, monkeypatch):
+    import shutil
+
+    from featloc.models import export
+
+    for bad in ({"device": "cuda"}, {"compile": True}, {"precision": "bfloat16"}):
+        with pytest.raises(ValueError, match="aoti|compile"):
+            _extractor(lite_net, backend="aoti", **bad)
+    images = [_texture(64, 96), _texture(64, 96, 1)]
+    eager = [_extractor(lite_net, precision="float32").extract(im) for im in images]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler\nmore")
+
+    # compiling fails (e.g. no C++ compiler): a warning, and the network runs uncompiled
+    monkeypatch.setattr(export, "compile_aoti_package", broken)
+    with caplog.at_level("WARNING"):
+        got = _extractor(lite_net, backend="aoti").extract(images[0])
+    assert "AOTInductor compilation failed (RuntimeError: no compiler)" in caplog.text
+    np.testing.assert_array_equal(got.keypoints, eager[0].keypoints)
+    monkeypatch.undo()
+    if shutil.which("g++") is None and shutil.which("cc") is None:
+        pytest.skip("AOTInductor on CPU needs a C++ compiler (g++ or cc), none on PATH")
+    weights = save_samfeat_net(lite_net, tmp_path / "lite.pt")
+    conf = {"weights": str(weights), "backend": "aoti", "onnx_cache_dir": str(tmp_path / "c")}
+    batch = build("extractor", "samfeat-lite", **conf).extract_batch(images)
+    assert len(list((tmp_path / "c" / "aoti").glob("lite-*-1x3x64x96.pt2"))) == 1
+    for result, expected in zip(batch, eager, strict=True):
+        assert len(result) == len(expected) > 20
+        np.testing.assert_allclose(result.keypoints, expected.keypoints, atol=1e-3)
+        np.testing.assert_allclose(result.descriptors, expected.descriptors, atol=1e-4)
+    # another extractor (process) loads the package: compiling again would fail here
+    monkeypatch.setattr(export, "compile_aoti_package", broken)
+    caplog.clear()
+    again = build("extractor", "samfeat-lite", **conf).extract(images[1])
+    assert "failed" not in caplog.text
+    np.testing.assert_array_equal(again.keypoints, batch[1].keypoints)
+
+
 def test_onnx_export_dynamic_size_and_cli(lite_net, tmp_path):
     import onnx
     import onnxruntime as ort

@@ -54,7 +54,7 @@ ARCH_DEFAULTS = {
     "vgg": {"detection_threshold": 0.9, "add_edge_to_logits": True, "subpixel": False},
     "lite": {"detection_threshold": 0.5, "add_edge_to_logits": False, "subpixel": True},
 }
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "aoti")
 PRECISIONS = ("auto", "float32", "bfloat16")
 DESCRIPTOR_OUTPUTS = ("weighted", "unit")
 ONNX_OPSET = 17
@@ -75,8 +75,11 @@ class SAMFeatConf(ExtractorConf):
     subpixel: bool | None = None  # soft-argmax refinement; None: False for vgg, True for lite
     subpixel_radius: int = 2  # refinement window (2r+1)^2 on the logits
     subpixel_temperature: float = 1.0  # softmax temperature on the logits (weights = odds^(1/T))
-    backend: str = "torch"  # "torch" or "onnx" (ONNX Runtime, CPU)
-    device: str = "cpu"  # torch device ("cpu", "cuda", "cuda:1"); onnx runs on cpu
+    # "torch", "onnx" (ONNX Runtime, CPU) or "aoti" (the network compiled ahead of time by
+    # AOTInductor, CPU, float32: the fastest here; each new input size compiles once per
+    # machine, about a minute on 2 cores with a C++ compiler, into the cache below)
+    backend: str = "torch"
+    device: str = "cpu"  # torch device ("cpu", "cuda", "cuda:1"); onnx and aoti run on cpu
     # "float32", "bfloat16" (torch autocast) or "auto": bfloat16 for lite on a device that
     # runs it natively (CPU with AVX-512/AMX bfloat16 kernels, CUDA with bfloat16), else
     # float32; vgg and the onnx backend use float32 (published numbers / ORT CPU)
@@ -88,7 +91,9 @@ class SAMFeatConf(ExtractorConf):
     # image scales to detect and describe at (keypoints of all scales pooled, best by score
     # kept); (1.0,): single scale
     scales: tuple[float, ...] = (1.0,)
-    onnx_cache_dir: str = ""  # exported graphs; "": $FEATLOC_CACHE_DIR or ~/.cache/featloc
+    # exported graphs (onnx) and compiled packages (aoti); "": $FEATLOC_CACHE_DIR or
+    # ~/.cache/featloc
+    onnx_cache_dir: str = ""
     # torch backend: run the network through torch.compile (inductor, weights frozen). Each
     # new network input size compiles first (about 20-30 s on 2 cores; needs a C++ compiler
     # on CPU), so it pays off for many images of one size; see the README's Speed section
@@ -211,7 +216,7 @@ class SAMFeat(Extractor):
         # the onnx backend exports the network unwidened (ONNX Runtime has its own kernels)
         self.net = prepare_for_inference(
             net, self.conf.precision,
-            cpu=self._device.type == "cpu" and conf.backend == "torch")
+            cpu=self._device.type == "cpu" and conf.backend != "onnx")
         # float32 unit descriptors of a 1x1 head: computed at the keypoints, not over the
         # whole map (the same values to 1e-6; bfloat16 keeps the dense head, whose rounding
         # the published figures were measured with, and is fast where it is chosen)
@@ -220,6 +225,10 @@ class SAMFeat(Extractor):
                                     and getattr(self.net, "sparse_descriptors", False))
         self._session = None
         self._compiled = None
+        # aoti: input shape -> compiled model, and the order of its outputs; None after a
+        # failed compilation (the network then runs uncompiled)
+        self._aoti: dict | None = {} if conf.backend == "aoti" else None
+        self._aoti_keys: tuple[str, ...] = ()
         if conf.backend == "onnx":
             self._session = self._onnx_session()
         else:
@@ -251,14 +260,14 @@ class SAMFeat(Extractor):
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"SAMFeat: {name} must be one of {allowed}, got {value!r}")
-        if conf.backend == "onnx" and conf.device != "cpu":
-            raise ValueError("SAMFeat: backend='onnx' runs on the CPU; use backend='torch' for "
-                             f"device={conf.device!r}")
-        if conf.backend == "onnx" and conf.compile:
+        if conf.backend != "torch" and conf.device != "cpu":
+            raise ValueError(f"SAMFeat: backend={conf.backend!r} runs on the CPU; use "
+                             f"backend='torch' for device={conf.device!r}")
+        if conf.backend != "torch" and conf.compile:
             raise ValueError("SAMFeat: compile=True is a torch backend option")
-        if conf.backend == "onnx" and conf.precision == "bfloat16":
-            raise ValueError("SAMFeat: backend='onnx' runs in float32; bfloat16 is a torch "
-                             "autocast option")
+        if conf.backend != "torch" and conf.precision == "bfloat16":
+            raise ValueError(f"SAMFeat: backend={conf.backend!r} runs in float32; bfloat16 is "
+                             "a torch autocast option")
         if conf.batch_size < 1:
             raise ValueError(f"SAMFeat: batch_size must be >= 1, got {conf.batch_size}")
         if not conf.scales or any(not 0 < s <= 4 for s in conf.scales):
@@ -298,16 +307,66 @@ class SAMFeat(Extractor):
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def _cached_onnx_path(self) -> Path:
-        import json
-
         import onnxruntime as ort
 
-        digest = hashlib.sha256(self.weights_file.read_bytes())
-        meta = {"net": dataclasses.asdict(self.net.conf), "opset": ONNX_OPSET, "graph": 2,
-                "torch": self._torch.__version__, "ort": ort.__version__, **self._graph_kwargs}
-        digest.update(json.dumps(meta, sort_keys=True).encode())
+        digest = self._graph_digest(opset=ONNX_OPSET, ort=ort.__version__)
         stem = self.weights_file.stem
-        return cache_dir(self.conf.onnx_cache_dir) / "onnx" / f"{stem}-{digest.hexdigest()[:16]}.onnx"
+        return cache_dir(self.conf.onnx_cache_dir) / "onnx" / f"{stem}-{digest}.onnx"
+
+    def _graph_digest(self, **meta) -> str:
+        """Cache key of an exported or compiled network: the weights file, the network code
+        (`featloc/models/samfeat.py`, so that a changed forward pass never reuses a stale
+        graph), its configuration and the graph options."""
+        import json
+
+        from ..models import samfeat as samfeat_models
+
+        digest = hashlib.sha256(self.weights_file.read_bytes())
+        digest.update(Path(samfeat_models.__file__).read_bytes())
+        meta = {"net": dataclasses.asdict(self.net.conf), "torch": self._torch.__version__,
+                **self._graph_kwargs, **meta}
+        digest.update(json.dumps(meta, sort_keys=True).encode())
+        return digest.hexdigest()[:16]
+
+    # ---------------------------------------------------------------------------------------
+    # AOTInductor backend
+
+    def _aoti_model(self, x):
+        """The compiled model for inputs shaped like `x` (compiled on first use and cached on
+        disk); None if compiling failed (the network then runs uncompiled)."""
+        import tempfile
+
+        from ..models.export import compile_aoti_package, load_aoti_package, output_keys
+
+        shape = tuple(x.shape)
+        if shape in self._aoti:
+            return self._aoti[shape]
+        if not self._aoti_keys:
+            self._aoti_keys = output_keys(self.net, self._graph_kwargs)
+        with tempfile.TemporaryDirectory() as tmp:  # in-memory networks: nothing kept on disk
+            path = Path(tmp) / "net.pt2"
+            if self.weights_file is not None:
+                torch = self._torch
+                digest = self._graph_digest(
+                    shape=shape, cpu=torch.backends.cpu.get_cpu_capability(),
+                    threads=torch.get_num_threads())
+                path = cache_dir(self.conf.onnx_cache_dir) / "aoti" / (
+                    f"{self.weights_file.stem}-{digest}-{'x'.join(map(str, shape))}.pt2")
+            try:
+                if not path.is_file():
+                    logger.info("SAMFeat: compiling the network for %s inputs with AOTInductor "
+                                "(once per input size; about a minute on 2 cores) into %s",
+                                "x".join(map(str, shape[2:])), path)
+                    compile_aoti_package(self.net, x, path, **self._graph_kwargs)
+                model = load_aoti_package(path)
+            except Exception as exc:  # e.g. no C++ compiler: the same network, uncompiled
+                reason = (str(exc).strip().splitlines() or [""])[0]
+                logger.warning("SAMFeat: AOTInductor compilation failed (%s: %s); running the "
+                               "network uncompiled", type(exc).__name__, reason)
+                self._aoti = None
+                return None
+        self._aoti[shape] = model
+        return model
 
     # ---------------------------------------------------------------------------------------
     # Inference
@@ -387,6 +446,13 @@ class SAMFeat(Extractor):
         x = x.to(self._device).float().mul_(2.0 / 255).sub_(1.0)
         if self._device.type != "cpu":
             x = x.contiguous()
+        if self._aoti is not None:  # one image at a time: one compiled input size
+            models = [self._aoti_model(x[i:i + 1]) for i in range(len(x))]
+            if self._aoti is not None:
+                parts = [dict(zip(self._aoti_keys, model(x[i:i + 1]), strict=True))
+                         for i, model in enumerate(models)]
+                return {k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]
+                        for k in self._aoti_keys}
         bf16 = self.conf.precision == "bfloat16"
         with torch.autocast(self._device.type, torch.bfloat16, enabled=bf16):
             if self._compiled is not None:

@@ -1,10 +1,12 @@
-"""ONNX export of the project's networks (dynamic batch and image size).
+"""ONNX export of the project's networks (dynamic batch and image size), and ahead-of-time
+compilation with AOTInductor (one input size).
 
 The exported graph has one input `image` [B, 3, H, W] (float32 in [-1, 1], H and W multiples
 of 16) and the network's outputs under their dict keys (for SAMFeat: `logits`, `desc_map`,
 `weight_map`, `distill`, `edge`; an extractor's float32 lite network has `distill`, which only
 training reads, folded away: `fold_distillation`). Post-processing (NMS, sampling) is not in
 the graph: the `onnx` backend of the extractors runs the same torch code on the ONNX outputs.
+The `aoti` backend does the same with a package compiled by `compile_aoti_package`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -36,7 +39,8 @@ class _TupleOutputs(nn.Module):
         return tuple(out[k] for k in self.keys)
 
 
-def _output_keys(net: nn.Module, forward_kwargs: dict) -> tuple[str, ...]:
+def output_keys(net: nn.Module, forward_kwargs: dict) -> tuple[str, ...]:
+    """The keys of the dict `net(image, **forward_kwargs)` returns, in its order."""
     with torch.inference_mode():
         out = net(torch.zeros(1, 3, *_TRACE_HW), **forward_kwargs)
     if not isinstance(out, dict):
@@ -49,7 +53,7 @@ def export_onnx_bytes(net: nn.Module, opset: int = 17, **forward_kwargs) -> byte
     `net.forward` (e.g. SAMFeat's `dense_descriptors=False`: the graph the extractor's onnx
     backend runs for unit descriptors)."""
     net = copy.deepcopy(net).float().cpu().eval().to(memory_format=torch.contiguous_format)
-    keys = _output_keys(net, forward_kwargs)
+    keys = output_keys(net, forward_kwargs)
     dynamic = {"image": {0: "batch", 2: "height", 3: "width"}}
     dynamic.update({k: {0: "batch", 2: f"{k}_height", 3: f"{k}_width"} for k in keys})
     buffer = io.BytesIO()
@@ -101,3 +105,37 @@ def export_onnx(extractor_name_or_net, output_path: str | Path, opset: int = 17,
     output_path.write_bytes(export_onnx_bytes(net, opset))
     logger.info("wrote %s", output_path)
     return output_path
+
+
+def compile_aoti_package(net: nn.Module, example: torch.Tensor, path: str | Path,
+                         **forward_kwargs) -> tuple[str, ...]:
+    """Compile `net` for inputs shaped like `example` with AOTInductor into a package file.
+
+    Static shapes, frozen weights (inductor prepacks the oneDNN convolutions and fuses their
+    activations), the network's dtype and memory layout as they are. The file is written
+    atomically, so concurrent processes never load half a package. Needs a C++ compiler.
+
+    Returns:
+        the output keys, in the order of the compiled model's outputs (`load_aoti_package`).
+    """
+    from torch._inductor import aoti_compile_and_package
+    from torch._inductor import config as inductor_config
+
+    keys = output_keys(net, forward_kwargs)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")
+    with torch.no_grad():
+        program = torch.export.export(_TupleOutputs(net, keys, forward_kwargs), (example,))
+        with inductor_config.patch(freezing=True):
+            aoti_compile_and_package(program, package_path=str(tmp))
+    os.replace(tmp, path)
+    return keys
+
+
+def load_aoti_package(path: str | Path):
+    """The compiled model of a `compile_aoti_package` file: called with the image tensor, it
+    returns the outputs as a tuple."""
+    from torch._inductor import aoti_load_package
+
+    return aoti_load_package(str(path))
