@@ -532,7 +532,7 @@ class SAMFeat(Extractor):
                 results.append(Features(
                     xy.astype(np.float32),
                     torch.sigmoid(kp_logits).cpu().numpy(),
-                    desc.cpu().numpy().astype(np.float32),
+                    desc.cpu().numpy().astype(np.float32, copy=False),
                     size,
                 ))
         return results

@@ -798,13 +798,21 @@ def refine_subpixel(
     offsets = torch.arange(-radius, radius + 1, device=scores.device)
     dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
     dx, dy = dx.reshape(-1), dy.reshape(-1)
-    xi = keypoints[:, 0].long()[:, None] + dx
-    yi = keypoints[:, 1].long()[:, None] + dy
-    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-    flat = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1))
-    window = scores.reshape(-1).index_select(0, flat.reshape(-1)).reshape(flat.shape)
-    window = window.float() / temperature
-    window = window.masked_fill(~inside, float("-inf"))
+    ki = keypoints.long()
+    # windows inside the map (the usual case, border >= radius) need no clipping
+    lo, hi = ki.amin(0).tolist(), ki.amax(0).tolist()
+    clip = min(lo) < radius or hi[0] > w - 1 - radius or hi[1] > h - 1 - radius
+    xi = ki[:, 0, None] + dx
+    yi = ki[:, 1, None] + dy
+    if clip:
+        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        xi, yi = xi.clamp(0, w - 1), yi.clamp(0, h - 1)
+    flat = yi * w + xi
+    window = scores.reshape(-1).index_select(0, flat.reshape(-1)).reshape(flat.shape).float()
+    if temperature != 1:
+        window = window / temperature
+    if clip:
+        window = window.masked_fill(~inside, float("-inf"))
     prob = torch.softmax(window, dim=1)
     delta = torch.stack([(prob * dx).sum(1), (prob * dy).sum(1)], 1)
     return keypoints.to(torch.float32) + delta
