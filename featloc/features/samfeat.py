@@ -18,7 +18,8 @@ budget: `max_num_keypoints` is the project-wide 2048 (the HPatches export used 1
 Speed (samfeat-lite, 640x480, 2-core AVX-512-BF16 CPU, same-run medians): torch bfloat16
 ~21 ms, torch float32 ~32 ms, ONNX Runtime ~34 ms, OpenCV SIFT (2048 keypoints) ~40-50 ms.
 The default `precision="auto"` picks bfloat16 where the CPU has native bfloat16. On a 2-core
-AVX2 CPU without it (float32): ~60-70 ms, 0.70-0.76x SIFT, and 0.61-0.65x with `compile=True`.
+AVX2 CPU without it (float32): ~55-65 ms, 0.69-0.76x SIFT; 0.56-0.60x with `backend="aoti"`
+(compiled once per input size and machine, then loaded from the cache).
 """
 
 from __future__ import annotations
