@@ -135,7 +135,16 @@ def compile_aoti_package(net: nn.Module, example: torch.Tensor, path: str | Path
 
 def load_aoti_package(path: str | Path):
     """The compiled model of a `compile_aoti_package` file: called with the image tensor, it
-    returns the outputs as a tuple."""
-    from torch._inductor import aoti_load_package
+    returns the outputs as a tuple.
 
-    return aoti_load_package(str(path))
+    Loads with torch's C++ package loader: `torch._inductor.aoti_load_package` would first import
+    inductor, 2-3 s of a process's first image on the 2-core CPU. Torch builds without that
+    loader go through inductor's."""
+    loader_class = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+    if loader_class is None:
+        from torch._inductor import aoti_load_package
+
+        return aoti_load_package(str(path))
+    # (package, model name, run single-threaded, number of runners, device index)
+    loader = loader_class(str(path), "model", False, 1, -1)
+    return lambda image: tuple(loader.run([image]))
