@@ -6,6 +6,7 @@ Networks are random-init (no trained weights are needed); images are small.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -691,10 +692,25 @@ def test_aoti_backend(lite_net, tmp_path, caplog, monkeypatch):
         got = _extractor(lite_net, backend="aoti").extract(images[0])
     assert "AOTInductor compilation failed (RuntimeError: no compiler)" in caplog.text
     np.testing.assert_array_equal(got.keypoints, eager[0].keypoints)
+    # a cache folder that cannot be made: compiled for the process only, in a temporary folder
+    weights = save_samfeat_net(lite_net, tmp_path / "lite.pt")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    paths = []
+
+    def record(net, example, path, **kwargs):
+        paths.append(Path(path))
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(export, "compile_aoti_package", record)
+    caplog.clear()
+    build("extractor", "samfeat-lite", weights=str(weights), backend="aoti",
+          onnx_cache_dir=str(blocker / "c")).extract(images[0])
+    assert "cannot cache the compiled network" in caplog.text
+    assert len(paths) == 1 and blocker not in paths[0].parents
     monkeypatch.undo()
     if shutil.which("g++") is None and shutil.which("cc") is None:
         pytest.skip("AOTInductor on CPU needs a C++ compiler (g++ or cc), none on PATH")
-    weights = save_samfeat_net(lite_net, tmp_path / "lite.pt")
     conf = {"weights": str(weights), "backend": "aoti", "onnx_cache_dir": str(tmp_path / "c")}
     batch = build("extractor", "samfeat-lite", **conf).extract_batch(images)
     assert len(list((tmp_path / "c" / "aoti").glob("lite-*-1x3x64x96.pt2"))) == 1

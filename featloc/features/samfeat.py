@@ -344,15 +344,26 @@ class SAMFeat(Extractor):
             return self._aoti[shape]
         if not self._aoti_keys:
             self._aoti_keys = output_keys(self.net, self._graph_kwargs)
-        with tempfile.TemporaryDirectory() as tmp:  # in-memory networks: nothing kept on disk
+        # in-memory networks, or a cache folder that cannot be written: a package for this
+        # process only, removed once loaded
+        with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "net.pt2"
             if self.weights_file is not None:
                 torch = self._torch
                 digest = self._graph_digest(
                     shape=shape, cpu=torch.backends.cpu.get_cpu_capability(),
                     threads=torch.get_num_threads())
-                path = cache_dir(self.conf.onnx_cache_dir) / "aoti" / (
+                cached = cache_dir(self.conf.onnx_cache_dir) / "aoti" / (
                     f"{self.weights_file.stem}-{digest}-{'x'.join(map(str, shape))}.pt2")
+                try:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    if cached.is_file() or os.access(cached.parent, os.W_OK):
+                        path = cached
+                    else:
+                        raise PermissionError(f"{cached.parent} is not writable")
+                except OSError as exc:
+                    logger.warning("SAMFeat: cannot cache the compiled network in %s (%s); "
+                                   "compiling it for this process only", cached.parent, exc)
             try:
                 if not path.is_file():
                     logger.info("SAMFeat: compiling the network for %s inputs with AOTInductor "
