@@ -78,7 +78,7 @@ class SAMFeatConf(ExtractorConf):
     subpixel_temperature: float = 1.0  # softmax temperature on the logits (weights = odds^(1/T))
     # "torch", "onnx" (ONNX Runtime, CPU) or "aoti" (the network compiled ahead of time by
     # AOTInductor, CPU, float32: the fastest here; each new input size compiles once per
-    # machine, about a minute on 2 cores with a C++ compiler, into the cache below)
+    # machine, 35-45 s on 2 cores with a C++ compiler, into the cache below)
     backend: str = "torch"
     device: str = "cpu"  # torch device ("cpu", "cuda", "cuda:1"); onnx and aoti run on cpu
     # "float32", "bfloat16" (torch autocast) or "auto": bfloat16 for lite on a device that
@@ -367,7 +367,7 @@ class SAMFeat(Extractor):
             try:
                 if not path.is_file():
                     logger.info("SAMFeat: compiling the network for %s inputs with AOTInductor "
-                                "(once per input size; about a minute on 2 cores) into %s",
+                                "(once per input size; 35-45 s on 2 cores) into %s",
                                 "x".join(map(str, shape[2:])), path)
                     compile_aoti_package(self.net, x, path, **self._graph_kwargs)
                 model = load_aoti_package(path)
