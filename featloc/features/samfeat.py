@@ -159,6 +159,13 @@ def _resolve_precision(conf: SAMFeatConf, device) -> str:
     return "float32"
 
 
+def _warn_uncompiled(what: str, exc: Exception) -> None:
+    """The warning of a failed compilation, after which the network runs uncompiled."""
+    reason = (str(exc).strip().splitlines() or [""])[0]
+    logger.warning("SAMFeat: %s failed (%s: %s); running the network uncompiled", what,
+                   type(exc).__name__, reason)
+
+
 def _num_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -372,9 +379,7 @@ class SAMFeat(Extractor):
                     compile_aoti_package(self.net, x, path, **self._graph_kwargs)
                 model = load_aoti_package(path)
             except Exception as exc:  # e.g. no C++ compiler: the same network, uncompiled
-                reason = (str(exc).strip().splitlines() or [""])[0]
-                logger.warning("SAMFeat: AOTInductor compilation failed (%s: %s); running the "
-                               "network uncompiled", type(exc).__name__, reason)
+                _warn_uncompiled("AOTInductor compilation", exc)
                 self._aoti = None
                 return None
         self._aoti[shape] = model
@@ -475,9 +480,7 @@ class SAMFeat(Extractor):
                     with self._inductor_config.patch(freezing=True):
                         return self._compiled(x, **self._graph_kwargs)
                 except Exception as exc:  # e.g. no C++ compiler: the same network, uncompiled
-                    reason = (str(exc).strip().splitlines() or [""])[0]
-                    logger.warning("SAMFeat: torch.compile failed (%s: %s); running the "
-                                   "network uncompiled", type(exc).__name__, reason)
+                    _warn_uncompiled("torch.compile", exc)
                     self._compiled = None
             return self.net(x, **self._graph_kwargs)
 
